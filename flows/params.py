@@ -1,0 +1,53 @@
+"""The download flow's parameters: one model for the CLI, the Prefect UI form and deployments."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.backends import StoreConfig
+from tasks.keys import parse_suffixes
+
+MAX_CONCURRENCY = 256
+
+
+class DownloadParams(BaseModel):
+    """Copy every object under a bucket/prefix to a local folder; reruns resume."""
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["s3", "oss"] = Field(
+        "s3", title="Backend", description="s3: any S3-compatible store (boto3); oss: Aliyun OSS (oss2).")
+    endpoint: str | None = Field(
+        None, title="Endpoint URL",
+        description="e.g. https://oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000; empty: AWS S3.")
+    bucket: str = Field(..., title="Bucket", min_length=1)
+    prefix: str = Field("", title="Prefix", description="Only keys starting with this; '' for the whole bucket.")
+    output: str = Field("./downloads", title="Output folder",
+                        description="Local folder; keys land below it without the prefix's folder part.")
+    concurrency: int = Field(5, ge=1, le=MAX_CONCURRENCY, title="Concurrency",
+                             description="Requests in flight at most (listing included).")
+    include_suffix: list[str] = Field(
+        default_factory=list, title="Include suffixes",
+        description="Only keys ending with one of these, case-insensitive (e.g. .jpg, .png); empty: all.")
+    dry_run: bool = Field(False, title="Dry run", description="List and preview only; download nothing.")
+    max_attempts: int = Field(3, ge=1, le=10, title="Max attempts",
+                              description="Attempts per object in all (round 1 + round 2).")
+    region: str | None = Field(None, title="Region", description="Signing region (S3, or OSS V4 signing).")
+    profile: str | None = Field(None, title="AWS profile", description="Named profile for S3 credentials.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field("auto", title="S3 addressing style")
+    cname: bool = Field(False, title="OSS custom domain", description="The endpoint is a CNAME bound to the bucket.")
+    connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
+    read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
+    retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
+                                 description="First wait of round 2's exponential backoff.")
+
+    @field_validator("include_suffix", mode="before")
+    @classmethod
+    def _split_suffixes(cls, value):
+        return list(parse_suffixes(value))
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(backend=self.backend, bucket=self.bucket, prefix=self.prefix, endpoint=self.endpoint,
+                           region=self.region, profile=self.profile, addressing_style=self.addressing_style,
+                           cname=self.cname, concurrency=self.concurrency,
+                           connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)

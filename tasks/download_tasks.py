@@ -1,0 +1,65 @@
+"""Prefect tasks of the download flow: one task run per listing page or batch, never per object."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import batch
+from tasks.backends import Backend, Page
+from tasks.keys import RemoteObject
+from tasks.manifest import Manifest
+from tasks.report import Preview, Summary, md_cell, write_failed_csv
+from tasks.transfer import Engine
+
+SUMMARY_KEY = "download-summary"
+FAILURES_KEY = "download-failures"
+FAILED_CSV_KEY = "download-failed-csv"
+PREVIEW_KEY = "download-preview"
+
+# Inputs are live objects (engine, manifest, clients): nothing to cache or hash.
+unit = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+@unit(name="list-page", task_run_name="list-page-{page_no}")
+def list_page(backend: Backend, engine: Engine, token: str | None, page_no: int) -> Page:
+    with engine.request_slot():
+        return backend.list_page(token)
+
+
+@unit(name="download-batch", task_run_name="download-batch-{page_no}")
+def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: batch.Plan,
+                   objects: list[RemoteObject], live: batch.Live, page_no: int) -> batch.Tally:
+    return batch.download_batch(engine, backend, manifest, plan, objects, live)
+
+
+@unit(name="retry-failed")
+def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: batch.Plan,
+                 live: batch.Live) -> batch.Tally:
+    return batch.retry_failed(engine, backend, manifest, plan, live)
+
+
+@unit(name="report")
+def report(manifest: Manifest, plan: batch.Plan, tally: batch.Tally, seconds: float) -> Summary:
+    csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output)
+    summary = Summary.of(tally, seconds, csv_path)
+    create_table_artifact([{"metric": name, "value": value} for name, value in summary.rows()],
+                          key=SUMMARY_KEY, description="Download summary")
+    if csv_path:
+        create_table_artifact([{"key": k, "last_error": e, "retry_count": n} for k, e, n in first_rows],
+                              key=FAILURES_KEY,
+                              description=f"First {len(first_rows)} of {tally.failed} failures")
+        create_link_artifact(Path(csv_path).resolve().as_uri(), link_text=str(csv_path), key=FAILED_CSV_KEY,
+                             description="Full failure list (key,last_error,retry_count)")
+    else:
+        create_markdown_artifact("No failures.", key=FAILURES_KEY, description="Download failures")
+    return summary
+
+
+@unit(name="publish-preview")
+def publish_preview(preview: Preview) -> None:
+    largest = "\n".join(f"- {md_cell(key)} ({size} bytes)" for size, key in sorted(preview.largest, reverse=True))
+    create_markdown_artifact(preview.markdown() + ("\nLargest:\n" + largest if largest else ""),
+                             key=PREVIEW_KEY, description="Dry run: what would be downloaded")

@@ -1,0 +1,89 @@
+"""What gets downloaded and where it lands: key → local path, suffix filter, unsafe keys."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.errors import UnsafeKeyError
+
+# Files the tool itself keeps in the output folder; an object may not overwrite them.
+MANIFEST_NAME = ".oss-manifest.sqlite"
+FAILED_CSV_NAME = ".oss-failed.csv"
+RESERVED_NAMES = {MANIFEST_NAME, MANIFEST_NAME + "-wal", MANIFEST_NAME + "-shm", FAILED_CSV_NAME}
+ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep_archive"}
+MAX_NAME_BYTES = 255
+
+
+@dataclass(slots=True, frozen=True)
+class RemoteObject:
+    key: str
+    size: int
+    etag: str = ""
+    storage_class: str = ""
+
+    @property
+    def needs_restore(self) -> bool:
+        return self.storage_class.lower() in ARCHIVE_CLASSES
+
+
+def prefix_folder(prefix: str) -> str:
+    """The part of the prefix that is stripped from keys: up to and including its last '/'."""
+    return prefix[: prefix.rfind("/") + 1]
+
+
+def parse_suffixes(value: str | list[str] | None) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else (value or [])
+    out = []
+    for item in items:
+        item = item.strip().lower()
+        if item:
+            out.append(item if item.startswith(".") else "." + item)
+    return tuple(out)
+
+
+def is_folder_marker(key: str) -> bool:
+    return key.endswith("/")
+
+
+def wanted(key: str, suffixes: tuple[str, ...]) -> bool:
+    return not suffixes or key.lower().endswith(suffixes)
+
+
+def relative_path(key: str, strip: str) -> str:
+    """The object's path below the output folder, or UnsafeKeyError saying why there is none."""
+    rel = key[len(strip):] if key.startswith(strip) else key
+    if not rel:
+        raise UnsafeKeyError("unsafe key: empty name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        raise UnsafeKeyError("unsafe key: control character")
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if len(seps) > 1 and any(s in rel for s in seps - {"/"}):
+        raise UnsafeKeyError("unsafe key: path separator inside a name")
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafeKeyError(f"unsafe key: {repr(part) if part else 'empty'} path segment")
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise UnsafeKeyError(f"name too long: a path segment exceeds {MAX_NAME_BYTES} bytes")
+    if len(parts) == 1 and rel in RESERVED_NAMES:
+        raise UnsafeKeyError(f"reserved name: {rel} is the tool's own file")
+    return rel
+
+
+def local_path(output: Path, key: str, strip: str) -> Path:
+    return output.joinpath(*relative_path(key, strip).split("/"))
+
+
+def prepare_output(output: str | Path) -> Path:
+    """Create the output folder and prove it is writable, or raise UsageError."""
+    from tasks.errors import UsageError
+    path = Path(output).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".ossdl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"output folder {path} is not writable: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,324 @@
+"""The streaming HTTP engine: one asyncio loop, one aiohttp session and one request semaphore per process.
+
+Backends only list and sign; every byte of every object is fetched here from a signed URL, so OSS, S3
+and Feishu links share resume, ranged parts, integrity checks and the concurrency cap.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import inspect
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable, Union
+
+import aiohttp
+import crcmod
+from yarl import URL
+
+from tasks.errors import HTTPStatusError, IntegrityError, http_error
+
+MiB = 1 << 20
+CHUNK = 256 * 1024
+_MD5_ETAG = re.compile(r"^[0-9a-fA-F]{32}$")
+
+# sign(refresh) -> URL; refresh=True means the previous URL was refused as expired. May be async
+# (a Feishu link is asked from the browser plugin).
+Signer = Callable[[bool], Union[str, Awaitable[str]]]
+
+
+class Stopped(Exception):
+    """The engine was cancelled (Ctrl-C); what finished is recorded, the rest resumes next run."""
+
+
+def default_link_expired(err: HTTPStatusError) -> bool:
+    return err.expired
+
+
+@dataclass(slots=True)
+class Fetched:
+    size: int
+    etag: str
+
+
+class _Crc64:
+    """OSS's CRC64-ECMA (crcmod's C extension, the one oss2 uses)."""
+
+    def __init__(self):
+        self._crc = crcmod.Crc(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=0xFFFFFFFFFFFFFFFF)
+
+    def update(self, data: bytes) -> None:
+        self._crc.update(data)
+
+    def value(self) -> str:
+        return str(self._crc.crcValue)
+
+
+class _Md5:
+    def __init__(self):
+        self._md5 = hashlib.md5()
+
+    def update(self, data: bytes) -> None:
+        self._md5.update(data)
+
+    def value(self) -> str:
+        return self._md5.hexdigest()
+
+
+def _integrity_check(headers, etag: str):
+    """(hasher, expected, name) for what the store lets us verify, or None."""
+    crc = headers.get("x-oss-hash-crc64ecma")
+    if crc:
+        return _Crc64(), crc, "crc64"
+    # An S3 ETag is the body's MD5 only for single-part, non-KMS objects.
+    etag = (headers.get("ETag") or etag or "").strip('"')
+    kms = "kms" in (headers.get("x-amz-server-side-encryption", "") + headers.get(
+        "x-oss-server-side-encryption", "")).lower()
+    if _MD5_ETAG.match(etag) and not kms:
+        return _Md5(), etag.lower(), "md5"
+    return None
+
+
+def temp_path(dest: Path, whole: bool) -> Path:
+    """Temp file beside the target (same file system, so rename is atomic); short, fixed name per target
+    so a rerun finds and resumes it. Ranged-part temps are preallocated and never resumed."""
+    digest = hashlib.sha1(dest.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return dest.with_name(f".ossdl-{digest}.{'tmp' if whole else 'parts'}")
+
+
+def _commit(f, tmp: Path, dest: Path) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(tmp, dest)
+
+
+class Engine:
+    def __init__(self, concurrency: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
+                 part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB):
+        self.concurrency = concurrency
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None,
+                                              sock_read=read_timeout or None)
+        self.bytes_done = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="transfer-engine", daemon=True)
+        self._files = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
+        self._sem: asyncio.Semaphore
+        self._session: aiohttp.ClientSession
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Engine":
+        self._thread.start()
+        self.run(self._open_session())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def _open_session(self) -> None:
+        self._sem = asyncio.Semaphore(self.concurrency)
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                              auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self.run(self._shutdown(), timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._files.shutdown(wait=True)
+
+    async def _shutdown(self) -> None:
+        """Cancel what is in flight and wait for it, so its cleanup (manifest writes) is done on return."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._session.close()
+
+    def run(self, coro, timeout: float | None = None):
+        """Run a coroutine on the engine's loop from any thread and wait for its result.
+
+        Raises Stopped when the engine was cancelled (Ctrl-C) while it ran."""
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        except concurrent.futures.CancelledError:
+            raise Stopped() from None
+
+    def cancel(self) -> None:
+        """Stop everything in flight (Ctrl-C). Whole-object temp files stay for the next run to resume."""
+        def _cancel_all():
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+        self._loop.call_soon_threadsafe(_cancel_all)
+
+    # -- the request limit ----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        async with self._sem:
+            yield
+
+    @contextlib.contextmanager
+    def request_slot(self):
+        """A slot of the same semaphore for a blocking request made in another thread (listing),
+        so the total number of requests in flight never exceeds the concurrency."""
+        asyncio.run_coroutine_threadsafe(self._sem.acquire(), self._loop).result()
+        try:
+            yield
+        finally:
+            self._loop.call_soon_threadsafe(self._sem.release)
+
+    # -- fetching --------------------------------------------------------------------------------
+    async def _open(self, sign: Signer, headers: dict, expired: Callable) -> aiohttp.ClientResponse:
+        """GET with a freshly signed URL; one re-sign when the store says the link expired."""
+        for refresh in (False, True):
+            url = sign(refresh)
+            if inspect.isawaitable(url):
+                url = await url
+            # encoded=True: the signature covers the exact percent-encoding the signer produced.
+            resp = await self._session.get(URL(url, encoded=True), headers=headers)
+            if resp.status in (200, 206):
+                return resp
+            body = await resp.read()
+            resp.release()
+            err = http_error(resp.status, body)
+            if refresh or not expired(err):
+                raise err
+        raise AssertionError("unreachable")
+
+    async def fetch(self, sign: Signer, dest: Path, size: int, etag: str = "",
+                    expired: Callable[[HTTPStatusError], bool] = default_link_expired) -> Fetched:
+        """Download one object to `dest` (temp file, fsync, rename). Raises on failure."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if size >= self.multipart_threshold and size > self.part_size:
+            return await self._fetch_parts(sign, dest, size, etag, expired)
+        return await self._fetch_whole(sign, dest, size, etag, expired)
+
+    async def _fetch_whole(self, sign, dest: Path, size: int, etag: str, expired) -> Fetched:
+        tmp = temp_path(dest, whole=True)
+        try:
+            offset = tmp.stat().st_size
+        except FileNotFoundError:
+            offset = 0
+        if offset >= size:  # nothing to resume (or a stale temp of an older version)
+            offset = 0
+        headers = {"Range": f"bytes={offset}-", **({"If-Match": f'"{etag}"'} if etag else {})} if offset else {}
+        async with self.slot():
+            try:
+                resp = await self._open(sign, headers, expired)
+            except HTTPStatusError as err:
+                if offset and err.status in (412, 416):  # changed since the partial download: start over
+                    tmp.unlink(missing_ok=True)
+                    return await self._fetch_whole(sign, dest, size, etag, expired)
+                raise
+            try:
+                if resp.status != 206:
+                    offset = 0
+                length = resp.content_length
+                total = offset + length if length is not None else None
+                check = _integrity_check(resp.headers, etag)
+                f = open(tmp, "r+b" if offset else "wb")
+                try:
+                    if offset:
+                        if check:
+                            _hash_file(f, check[0], offset)
+                        f.seek(offset)
+                        f.truncate()
+                    written = offset
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        f.write(chunk)
+                        if check:
+                            check[0].update(chunk)
+                        written += len(chunk)
+                        self.bytes_done += len(chunk)
+                    if total is not None and written != total:
+                        raise IntegrityError(f"size mismatch: got {written} of {total} bytes")
+                    if check and check[0].value() != check[1]:
+                        f.close()
+                        tmp.unlink(missing_ok=True)
+                        raise IntegrityError(f"{check[2]} mismatch: the downloaded bytes are damaged")
+                    resp_etag = (resp.headers.get("ETag") or etag).strip('"')
+                except BaseException:
+                    f.close()
+                    raise
+            finally:
+                resp.release()
+        await self._commit(f, tmp, dest)
+        return Fetched(written, resp_etag)
+
+    async def _fetch_parts(self, sign, dest: Path, size: int, etag: str, expired) -> Fetched:
+        """Large object: parallel ranged GETs into a preallocated temp file, each under its own slot."""
+        tmp = temp_path(dest, whole=False)
+        f = open(tmp, "w+b")
+        seen_headers: list = []
+        try:
+            f.truncate(size)
+            fd = f.fileno()
+            ranges = [(start, min(start + self.part_size, size) - 1) for start in range(0, size, self.part_size)]
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for start, end in ranges:
+                        group.create_task(self._fetch_range(sign, fd, start, end, etag, expired, seen_headers))
+            except BaseExceptionGroup as eg:
+                raise eg.exceptions[0] from None
+            check = _integrity_check(seen_headers[0], etag)
+            if check:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._files, _hash_file, f, check[0], size)
+                if check[0].value() != check[1]:
+                    raise IntegrityError(f"{check[2]} mismatch: the downloaded bytes are damaged")
+            resp_etag = (seen_headers[0].get("ETag") or etag).strip('"')
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        await self._commit(f, tmp, dest)
+        return Fetched(size, resp_etag)
+
+    async def _commit(self, f, tmp: Path, dest: Path) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._files, _commit, f, tmp, dest)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)  # e.g. dest is a folder: the bytes are no use to a rerun
+            raise
+
+    async def _fetch_range(self, sign, fd: int, start: int, end: int, etag: str, expired, seen: list) -> None:
+        headers = {"Range": f"bytes={start}-{end}", **({"If-Match": f'"{etag}"'} if etag else {})}
+        async with self.slot():
+            resp = await self._open(sign, headers, expired)
+            try:
+                if resp.status != 206:
+                    raise IntegrityError("the store ignored the Range header")
+                seen.append(resp.headers)
+                pos = start
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    os.pwrite(fd, chunk, pos)
+                    pos += len(chunk)
+                    self.bytes_done += len(chunk)
+                if pos != end + 1:
+                    raise IntegrityError(f"size mismatch: part got {pos - start} of {end + 1 - start} bytes")
+            finally:
+                resp.release()
+
+
+def _hash_file(f, hasher, length: int) -> None:
+    f.flush()
+    fd, pos = f.fileno(), 0
+    while pos < length:
+        data = os.pread(fd, min(8 * MiB, length - pos), pos)
+        if not data:
+            break
+        hasher.update(data)
+        pos += len(data)
+
