@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=10)
     p.add_argument("--read-timeout", type=float, default=60)
     p.add_argument("--retry-backoff", type=float, default=1.0)
+    p.add_argument("--max-requests-per-second", type=float, help="cap request starts per second")
+    p.add_argument("--credentials-block", help="name of a Prefect Secret block with the store's credentials")
     return p
 
 

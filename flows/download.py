@@ -55,10 +55,11 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
     output = prepare_output(params.output)
     plan = Plan(output, prefix_folder(params.prefix), parse_suffixes(params.include_suffix),
                 run_id=flow_run.id or uuid.uuid4().hex, max_attempts=params.max_attempts,
-                retry_backoff=params.retry_backoff)
-    manifest = None if params.dry_run else Manifest(output)
+                retry_backoff=params.retry_backoff, shard=params.shard)
+    manifest = None if params.dry_run else Manifest(output, plan.manifest_name)
     try:
-        with Engine(params.concurrency, params.connect_timeout, params.read_timeout) as engine:
+        with Engine(params.concurrency, params.connect_timeout, params.read_timeout,
+                    max_requests_per_second=params.max_requests_per_second) as engine:
             if manifest is None:
                 preview = Preview()
                 for _, page in _pages(backend, engine):

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.backends import StoreConfig
+from tasks.credentials import load_block_credentials
 from tasks.keys import parse_suffixes
 
 MAX_CONCURRENCY = 256
@@ -40,6 +41,17 @@ class DownloadParams(BaseModel):
     read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
                                  description="First wait of round 2's exponential backoff.")
+    max_requests_per_second: float | None = Field(
+        None, gt=0, title="Max requests per second",
+        description="For stores that throttle: request starts per second in this process; empty: no limit.")
+    credentials_block: str | None = Field(
+        None, title="Credentials block",
+        description="Name of a Prefect Secret block holding JSON {access_key_id, secret_access_key,"
+                    " session_token}; empty: environment variables / profile of the worker.")
+    start_after: str = Field("", title="Shard start (exclusive)", description="Only keys after this one.")
+    end_before: str = Field("", title="Shard end (exclusive)", description="Only keys before this one.")
+    shard: str | None = Field(None, title="Shard name", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                              description="Set by the sharded flow: its own manifest and failure CSV.")
 
     @field_validator("include_suffix", mode="before")
     @classmethod
@@ -47,7 +59,10 @@ class DownloadParams(BaseModel):
         return list(parse_suffixes(value))
 
     def store_config(self) -> StoreConfig:
-        return StoreConfig(backend=self.backend, bucket=self.bucket, prefix=self.prefix, endpoint=self.endpoint,
+        """Where to read from, with the credentials of the named block (if any) loaded."""
+        credentials = load_block_credentials(self.credentials_block) if self.credentials_block else {}
+        return StoreConfig(credentials=credentials, backend=self.backend, bucket=self.bucket, prefix=self.prefix, endpoint=self.endpoint,
                            region=self.region, profile=self.profile, addressing_style=self.addressing_style,
                            cname=self.cname, concurrency=self.concurrency,
-                           connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
+                           connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                           start_after=self.start_after, end_before=self.end_before)

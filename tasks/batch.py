@@ -11,7 +11,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from tasks.backends import Backend
 from tasks.errors import DownloadError, as_download_error, is_retryable
-from tasks.keys import RemoteObject, is_folder_marker, local_path, wanted
+from tasks.keys import (FAILED_CSV_NAME, MANIFEST_NAME, RemoteObject, is_folder_marker, local_path, tool_file,
+                        wanted)
 from tasks.manifest import Manifest, Outcome
 from tasks.transfer import Engine, Stopped
 
@@ -28,6 +29,15 @@ class Plan:
     run_id: str
     max_attempts: int = 3
     retry_backoff: float = 1.0
+    shard: str | None = None
+
+    @property
+    def manifest_name(self) -> str:
+        return tool_file(MANIFEST_NAME, self.shard)
+
+    @property
+    def failed_csv_name(self) -> str:
+        return tool_file(FAILED_CSV_NAME, self.shard)
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: bat
 
 @unit(name="report")
 def report(manifest: Manifest, plan: batch.Plan, tally: batch.Tally, seconds: float) -> Summary:
-    csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output)
+    csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output, plan.failed_csv_name)
     summary = Summary.of(tally, seconds, csv_path)
     create_table_artifact([{"metric": name, "value": value} for name, value in summary.rows()],
                           key=SUMMARY_KEY, description="Download summary")

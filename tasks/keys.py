@@ -10,7 +10,7 @@ from tasks.errors import UnsafeKeyError
 # Files the tool itself keeps in the output folder; an object may not overwrite them.
 MANIFEST_NAME = ".oss-manifest.sqlite"
 FAILED_CSV_NAME = ".oss-failed.csv"
-RESERVED_NAMES = {MANIFEST_NAME, MANIFEST_NAME + "-wal", MANIFEST_NAME + "-shm", FAILED_CSV_NAME}
+RESERVED_PREFIXES = (".oss-", ".ossdl-")  # manifests and CSVs (also per shard), temp files
 ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep_archive"}
 MAX_NAME_BYTES = 255
 
@@ -25,6 +25,14 @@ class RemoteObject:
     @property
     def needs_restore(self) -> bool:
         return self.storage_class.lower() in ARCHIVE_CLASSES
+
+
+def tool_file(name: str, shard: str | None) -> str:
+    """The tool's own file name, per shard when the job is split: .oss-manifest.sqlite → .oss-manifest-s1.sqlite."""
+    if not shard:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}-{shard}{dot}{ext}"
 
 
 def prefix_folder(prefix: str) -> str:
@@ -66,7 +74,7 @@ def relative_path(key: str, strip: str) -> str:
             raise UnsafeKeyError(f"unsafe key: {repr(part) if part else 'empty'} path segment")
         if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise UnsafeKeyError(f"name too long: a path segment exceeds {MAX_NAME_BYTES} bytes")
-    if len(parts) == 1 and rel in RESERVED_NAMES:
+    if len(parts) == 1 and rel.startswith(RESERVED_PREFIXES):
         raise UnsafeKeyError(f"reserved name: {rel} is the tool's own file")
     return rel
 

@@ -55,8 +55,8 @@ class FailedRow:
 class Manifest:
     """Thread-safe: one connection guarded by a lock; every write is one short transaction."""
 
-    def __init__(self, output: Path):
-        self.path = output / MANIFEST_NAME
+    def __init__(self, output: Path, name: str = MANIFEST_NAME):
+        self.path = output / name
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -50,12 +50,13 @@ class Summary:
         return "\n".join(["Summary:"] + lines)
 
 
-def write_failed_csv(manifest: Manifest, run_id: str, output: Path) -> tuple[Path | None, list[list]]:
+def write_failed_csv(manifest: Manifest, run_id: str, output: Path,
+                     name: str = FAILED_CSV_NAME) -> tuple[Path | None, list[list]]:
     """Write this run's failures to <output>/.oss-failed.csv (atomically), or remove a stale one.
 
     Returns the path (None when there were no failures) and the first TABLE_ROWS rows."""
-    path = output / FAILED_CSV_NAME
-    tmp = output / (FAILED_CSV_NAME + ".tmp")
+    path = output / name
+    tmp = output / (name + ".tmp")
     first: list[list] = []
     count = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:

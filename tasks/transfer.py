@@ -28,9 +28,10 @@ MiB = 1 << 20
 CHUNK = 256 * 1024
 _MD5_ETAG = re.compile(r"^[0-9a-fA-F]{32}$")
 
-# sign(refresh) -> URL; refresh=True means the previous URL was refused as expired. May be async
-# (a Feishu link is asked from the browser plugin).
-Signer = Callable[[bool], Union[str, Awaitable[str]]]
+# sign(refresh) -> URL, or (URL, extra headers) for links that need e.g. a bearer token; refresh=True means
+# the previous link was refused as expired. May be async (a Feishu link is asked from the browser plugin).
+Link = Union[str, tuple[str, dict]]
+Signer = Callable[[bool], Union[Link, Awaitable[Link]]]
 
 
 class Stopped(Exception):
@@ -45,6 +46,21 @@ def default_link_expired(err: HTTPStatusError) -> bool:
 class Fetched:
     size: int
     etag: str
+
+
+class _RateLimit:
+    """Spaces request starts evenly: at most `rate` per second for the whole process."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self.next_at = 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        start = max(now, self.next_at)
+        self.next_at = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 class _Crc64:
@@ -101,8 +117,10 @@ def _commit(f, tmp: Path, dest: Path) -> None:
 
 class Engine:
     def __init__(self, concurrency: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
-                 part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB):
+                 part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB,
+                 max_requests_per_second: float | None = None):
         self.concurrency = concurrency
+        self._rate = _RateLimit(max_requests_per_second) if max_requests_per_second else None
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None,
@@ -166,13 +184,20 @@ class Engine:
     @contextlib.asynccontextmanager
     async def slot(self):
         async with self._sem:
+            if self._rate:
+                await self._rate.wait()
             yield
+
+    async def _acquire(self) -> None:
+        await self._sem.acquire()
+        if self._rate:
+            await self._rate.wait()
 
     @contextlib.contextmanager
     def request_slot(self):
         """A slot of the same semaphore for a blocking request made in another thread (listing),
         so the total number of requests in flight never exceeds the concurrency."""
-        asyncio.run_coroutine_threadsafe(self._sem.acquire(), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._acquire(), self._loop).result()
         try:
             yield
         finally:
@@ -182,11 +207,12 @@ class Engine:
     async def _open(self, sign: Signer, headers: dict, expired: Callable) -> aiohttp.ClientResponse:
         """GET with a freshly signed URL; one re-sign when the store says the link expired."""
         for refresh in (False, True):
-            url = sign(refresh)
-            if inspect.isawaitable(url):
-                url = await url
+            link = sign(refresh)
+            if inspect.isawaitable(link):
+                link = await link
+            url, extra = link if isinstance(link, tuple) else (link, None)
             # encoded=True: the signature covers the exact percent-encoding the signer produced.
-            resp = await self._session.get(URL(url, encoded=True), headers=headers)
+            resp = await self._session.get(URL(url, encoded=True), headers={**headers, **extra} if extra else headers)
             if resp.status in (200, 206):
                 return resp
             body = await resp.read()

@@ -31,7 +31,17 @@ class StoreConfig:
     concurrency: int = 5
     connect_timeout: float = 10
     read_timeout: float = 60
+    start_after: str = ""   # a shard of the prefix: keys > start_after ...
+    end_before: str = ""    # ... and < end_before ('' = no bound)
+    # access_key_id, secret_access_key, session_token (from a credentials block); empty: environment.
     credentials: dict = field(default_factory=dict, repr=False)
+
+
+def clip(page: Page, end_before: str) -> Page:
+    """Cut a page at the shard's upper bound; listing is in key order, so nothing after it is ours."""
+    if not end_before or not page.objects or page.objects[-1].key < end_before:
+        return page
+    return Page([o for o in page.objects if o.key < end_before], None)
 
 
 class Backend(Protocol):

@@ -8,7 +8,7 @@ import boto3
 import botocore.exceptions as bx
 from botocore.config import Config
 
-from tasks.backends import PAGE_SIZE, Page, StoreConfig
+from tasks.backends import PAGE_SIZE, Page, StoreConfig, clip
 from tasks.errors import HTTPStatusError, UsageError
 from tasks.keys import RemoteObject
 
@@ -47,8 +47,12 @@ class S3Backend:
     def __init__(self, config: StoreConfig):
         self.config = config
         kwargs, cfg = client_settings(config)
+        creds = config.credentials
+        keys = {"aws_access_key_id": creds.get("access_key_id"),
+                "aws_secret_access_key": creds.get("secret_access_key"),
+                "aws_session_token": creds.get("session_token")}
         try:
-            session = boto3.Session(profile_name=config.profile, **config.credentials)
+            session = boto3.Session(profile_name=config.profile, **{k: v for k, v in keys.items() if v})
         except bx.ProfileNotFound:
             raise UsageError(f"AWS profile {config.profile!r} not found") from None
         self.client = session.client("s3", config=cfg, **kwargs)
@@ -77,13 +81,16 @@ class S3Backend:
         args = {"Bucket": self.config.bucket, "Prefix": self.config.prefix, "MaxKeys": limit}
         if token:
             args["ContinuationToken"] = token
+        elif self.config.start_after:
+            args["StartAfter"] = self.config.start_after
         try:
             resp = self.client.list_objects_v2(**args)
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
         objects = [RemoteObject(o["Key"], o["Size"], o.get("ETag", "").strip('"'), o.get("StorageClass", ""))
                    for o in resp.get("Contents", ())]
-        return Page(objects, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+        page = Page(objects, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+        return clip(page, self.config.end_before)
 
     def signer(self, key: str):
         params = {"Bucket": self.config.bucket, "Key": key}
