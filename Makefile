@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo server worker deploy clean
 
 venv: $(VENV)/.installed
 
@@ -18,6 +18,22 @@ test: venv
 
 demo: venv
 	$(PY) -m infra.demo
+
+# A Prefect server on loopback (SQLite in PREFECT_HOME; for PostgreSQL set
+# PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://user:pass@host/db).
+PREFECT_PORT ?= 4200
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+API := http://127.0.0.1:$(PREFECT_PORT)/api
+
+server: venv
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+worker: venv
+	PREFECT_API_URL=$(API) $(VENV)/bin/prefect worker start --pool downloads --type process
+
+deploy: venv
+	PREFECT_API_URL=$(API) $(PY) -m deployments.setup
+	PREFECT_API_URL=$(API) $(VENV)/bin/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf $(VENV) demo-downloads

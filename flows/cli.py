@@ -11,8 +11,8 @@ from pydantic import ValidationError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows.download",
+def build_parser(prog: str = "python -m flows.download") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Download every object under a bucket/prefix; reruns resume.")
     p.add_argument("--backend", choices=["s3", "oss"], default="s3")
     p.add_argument("--endpoint", help="endpoint URL (empty: AWS S3)")
@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _params(args: argparse.Namespace):
+def params_from_args(args: argparse.Namespace, exclude=("yes",)):
+    """DownloadParams from parsed flags; ValueError with the flag's name when a value is out of range."""
     from flows.params import DownloadParams
-    values = {k: v for k, v in vars(args).items() if k != "yes" and v is not None}
+    values = {k: v for k, v in vars(args).items() if k not in exclude and v is not None}
     try:
         return DownloadParams(**values)
     except ValidationError as exc:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --bucket is required", file=sys.stderr)
         return EXIT_USAGE
     try:
-        params = _params(args)
+        params = params_from_args(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -76,6 +76,7 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
             _settle(pending, 0, tally, progress)
             if tally.failed and plan.max_attempts > 1:
                 tally.add(units.retry_failed(engine, backend, manifest, plan, live))
+            live.phase = "finished"
             progress.tick(final=True)
             return units.report(manifest, plan, tally, time.monotonic() - started)
     finally:

@@ -45,17 +45,21 @@ def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: bat
 def report(manifest: Manifest, plan: batch.Plan, tally: batch.Tally, seconds: float) -> Summary:
     csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output, plan.failed_csv_name)
     summary = Summary.of(tally, seconds, csv_path)
+    publish_summary(summary, first_rows)
+    return summary
+
+
+def publish_summary(summary: Summary, first_rows: list[list]) -> None:
     create_table_artifact([{"metric": name, "value": value} for name, value in summary.rows()],
                           key=SUMMARY_KEY, description="Download summary")
-    if csv_path:
+    if summary.failed_csv:
         create_table_artifact([{"key": k, "last_error": e, "retry_count": n} for k, e, n in first_rows],
                               key=FAILURES_KEY,
-                              description=f"First {len(first_rows)} of {tally.failed} failures")
-        create_link_artifact(Path(csv_path).resolve().as_uri(), link_text=str(csv_path), key=FAILED_CSV_KEY,
-                             description="Full failure list (key,last_error,retry_count)")
+                              description=f"First {len(first_rows)} of {summary.failed} failures")
+        create_link_artifact(Path(summary.failed_csv).resolve().as_uri(), link_text=summary.failed_csv,
+                             key=FAILED_CSV_KEY, description="Full failure list (key,last_error,retry_count)")
     else:
         create_markdown_artifact("No failures.", key=FAILURES_KEY, description="Download failures")
-    return summary
 
 
 @unit(name="publish-preview")

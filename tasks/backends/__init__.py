@@ -57,6 +57,9 @@ class Backend(Protocol):
     def link_expired(self, err: HTTPStatusError) -> bool:
         """Whether a refused GET means the URL expired (so re-sign and try again)."""
 
+    def folders(self) -> list[str]:
+        """The common prefixes one '/' level below the prefix, in key order (to split a job into shards)."""
+
 
 def make_backend(config: StoreConfig) -> Backend:
     if not config.bucket:

@@ -87,3 +87,16 @@ class OssBackend:
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         return err.expired
+
+    def folders(self) -> list[str]:
+        found, token = [], ""
+        while True:
+            try:
+                result = self.bucket.list_objects_v2(prefix=self.config.prefix, delimiter="/",
+                                                     continuation_token=token, max_keys=PAGE_SIZE)
+            except Exception as exc:  # noqa: BLE001
+                raise self._explain(exc) from None
+            found += list(result.prefix_list)
+            token = result.next_continuation_token if result.is_truncated else ""
+            if not token:
+                return found

@@ -99,3 +99,18 @@ class S3Backend:
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         return err.expired
+
+    def folders(self) -> list[str]:
+        found, token = [], None
+        while True:
+            args = {"Bucket": self.config.bucket, "Prefix": self.config.prefix, "Delimiter": "/"}
+            if token:
+                args["ContinuationToken"] = token
+            try:
+                resp = self.client.list_objects_v2(**args)
+            except Exception as exc:  # noqa: BLE001
+                raise self._explain(exc) from None
+            found += [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
+            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+            if not token:
+                return found
