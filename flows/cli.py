@@ -1,4 +1,4 @@
-"""Command line of the download flow: flags → DownloadParams → flow run → exit code."""
+"""Command line of the download flow: flags (or answers on a terminal) → DownloadParams → flow run → exit code."""
 from __future__ import annotations
 
 import argparse
@@ -12,70 +12,61 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser(prog: str = "python -m flows.download") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog,
-                                description="Download every object under a bucket/prefix; reruns resume.")
-    p.add_argument("--backend", choices=["s3", "oss"], default="s3")
+    # SUPPRESS: only flags actually given appear, so on a terminal the rest can be asked; defaults live in
+    # DownloadParams (one place for the CLI, the UI form and deployments).
+    p = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS,
+                                description="Download every object under a bucket/prefix; reruns resume."
+                                            " On a terminal, missing values are asked.")
+    p.add_argument("--backend", choices=["s3", "oss"], help="default: s3")
     p.add_argument("--endpoint", help="endpoint URL (empty: AWS S3)")
     p.add_argument("--bucket")
-    p.add_argument("--prefix", default="")
-    p.add_argument("--output", default="./downloads")
-    p.add_argument("--concurrency", type=int, default=5, help="requests in flight at most (1-256)")
-    p.add_argument("--include-suffix", default="", help="comma-separated, e.g. .jpg,.png")
+    p.add_argument("--prefix")
+    p.add_argument("--output", help="default: ./downloads")
+    p.add_argument("--concurrency", type=int, help="requests in flight at most, 1-256 (default 5)")
+    p.add_argument("--include-suffix", help="comma-separated, e.g. .jpg,.png")
     p.add_argument("--dry-run", action="store_true", help="list and preview only")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--max-attempts", type=int, help="attempts per object in all (default 3)")
     p.add_argument("--region")
     p.add_argument("--profile")
-    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
+    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
     p.add_argument("--cname", action="store_true", help="OSS: the endpoint is a custom domain of the bucket")
-    p.add_argument("--connect-timeout", type=float, default=10)
-    p.add_argument("--read-timeout", type=float, default=60)
-    p.add_argument("--retry-backoff", type=float, default=1.0)
+    p.add_argument("--connect-timeout", type=float, help="seconds (default 10)")
+    p.add_argument("--read-timeout", type=float, help="seconds, 0 = none (default 60)")
+    p.add_argument("--retry-backoff", type=float, help="first wait of round 2, seconds (default 1)")
     p.add_argument("--max-requests-per-second", type=float, help="cap request starts per second")
     p.add_argument("--credentials-block", help="name of a Prefect Secret block with the store's credentials")
     return p
 
 
-def params_from_args(args: argparse.Namespace, exclude=("yes",)):
-    """DownloadParams from parsed flags; ValueError with the flag's name when a value is out of range."""
+def params_from_values(values: dict):
+    """DownloadParams; ValueError naming the flag when a value is missing or out of range."""
     from flows.params import DownloadParams
-    values = {k: v for k, v in vars(args).items() if k not in exclude and v is not None}
     try:
         return DownloadParams(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
-        raise ValueError(f"{field}: {first['msg']}") from None
+        flag = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise ValueError(f"{flag}: {first['msg']}") from None
+
+
+def params_from_args(args: argparse.Namespace, exclude=("yes",)):
+    return params_from_values({k: v for k, v in vars(args).items() if k not in exclude})
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.bucket:
+    given = vars(parser.parse_args(argv))
+    yes = given.pop("yes", False)
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    if "bucket" not in given and not terminal:
         parser.print_usage(sys.stderr)
         print("error: --bucket is required", file=sys.stderr)
         return EXIT_USAGE
     try:
-        params = params_from_args(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-    from tasks.backends import make_backend
-    from tasks.errors import UsageError
-    from tasks.keys import prepare_output
-    try:
-        # Check before starting Prefect, so bad input costs no flow run and shows no traceback.
-        make_backend(params.store_config()).check()
-        prepare_output(params.output)
-        if not (args.yes or params.dry_run) and sys.stdin.isatty() and not _confirm(params):
-            print("cancelled", file=sys.stderr)
-            return EXIT_USAGE
-        logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-        from flows.download import download_objects
-        result = download_objects(params)
-    except UsageError as exc:
+        return _run(given, yes, terminal)
+    except (ValueError, _usage_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -84,10 +75,72 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _usage_errors():
+    from tasks.errors import UsageError
+    return UsageError
+
+
+def _run(given: dict, yes: bool, terminal: bool) -> int:
+    from tasks.backends import make_backend
+    from tasks.errors import UsageError
+    from tasks.keys import prepare_output
+
+    asking = terminal and "bucket" not in given
+    values = _terminal().ask(given) if asking else given
+    while True:
+        params = params_from_values(values)
+        if terminal:
+            _terminal().ask_credentials(params.backend)
+        try:
+            # Checked before Prefect starts: bad input costs no flow run and shows no traceback.
+            backend = make_backend(params.store_config())
+            backend.check()
+            break
+        except UsageError as exc:
+            if not asking:
+                raise
+            values = _terminal().ask(given, reason=str(exc))
+    output = prepare_output(params.output)
+
+    display = None
+    if terminal and not params.dry_run:
+        display = _confirm_on_terminal(backend, params, output, yes)
+        if display is None:
+            print("cancelled: nothing downloaded", file=sys.stderr)
+            return EXIT_OK
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    from flows.download import download_objects
+    from tasks.progress import use_display
+    if display:
+        use_display(display)
+        with display:
+            result = download_objects(params)
+    else:
+        result = download_objects(params)
     print(result.text())
     return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
 
 
-def _confirm(params) -> bool:
-    answer = input(f"Download s3/oss objects from {params.bucket}/{params.prefix} to {params.output}? [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
+def _confirm_on_terminal(backend, params, output, yes: bool):
+    """Preview what will be downloaded, ask to confirm (unless --yes); the live display, or None."""
+    from rich.console import Console
+
+    from tasks.batch import Plan
+    from tasks.keys import parse_suffixes, prefix_folder
+    terminal = _terminal()
+    console = Console(stderr=True, highlight=False)
+    plan = Plan(output, prefix_folder(params.prefix), parse_suffixes(params.include_suffix), run_id="preview",
+                shard=params.shard)
+    with console.status("listing…"):
+        found = terminal.scan(backend, plan)
+    terminal.show_preview(console, found)
+    if not yes and not terminal.confirm(found):
+        return None
+    return terminal.RichDisplay(console, found.preview.count, found.bytes_to_fetch)
+
+
+def _terminal():
+    from flows import terminal  # questionary/rich only when a person is there
+    return terminal

@@ -41,7 +41,7 @@ def _pages(backend, engine):
 def _settle(pending: deque, keep: int, tally: Tally, progress: Progress) -> None:
     """Wait until at most `keep` batches are pending, adding finished ones to the tally."""
     while len(pending) > keep:
-        wait([pending[0]], timeout=0.5)
+        wait([pending[0]], timeout=0.1)
         progress.tick()
         while pending and pending[0].state.is_final():
             tally.add(pending.popleft().result())
@@ -75,7 +75,8 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
                 _settle(pending, MAX_PENDING, tally, progress)
             _settle(pending, 0, tally, progress)
             if tally.failed and plan.max_attempts > 1:
-                tally.add(units.retry_failed(engine, backend, manifest, plan, live))
+                pending.append(units.retry_failed.submit(engine, backend, manifest, plan, live))
+                _settle(pending, 0, tally, progress)
             live.phase = "finished"
             progress.tick(final=True)
             return units.report(manifest, plan, tally, time.monotonic() - started)

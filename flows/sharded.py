@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT)
     args = parser.parse_args(argv)
     try:
-        params = params_from_args(args, exclude=("yes", "shards", "deployment"))
+        params = params_from_args(args, exclude=("yes", "shards", "deployment", "dry_run"))
         summary = sharded_download(params, shards=args.shards, deployment=args.deployment)
     except (UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

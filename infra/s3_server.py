@@ -43,6 +43,7 @@ class FaultInjector:
         self.in_flight = 0
         self.max_in_flight = 0
         self.gets: dict[str, int] = {}
+        self.starts: list[float] = []  # monotonic start time of every request
 
     def _take(self, path: str) -> Fault | None:
         with self.lock:
@@ -58,6 +59,7 @@ class FaultInjector:
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.starts.append(time.monotonic())
         try:
             path = unquote(environ.get("PATH_INFO", ""))
             fault = None
@@ -146,6 +148,7 @@ class MotoS3(ThreadedMotoServer):
         with self.injector.lock:
             self.injector.faults.clear()
             self.injector.gets.clear()
+            self.injector.starts.clear()
             self.injector.max_in_flight = 0
 
     def get_count(self, bucket: str, key: str) -> int:

@@ -97,6 +97,13 @@ def select(objects: list[RemoteObject], plan: Plan) -> tuple[Tally, list[RemoteO
     return tally, chosen
 
 
+def not_present(manifest: Manifest, todo: list[tuple[RemoteObject, Path]]) -> list[tuple[RemoteObject, Path]]:
+    """The objects an earlier run has not already downloaded unchanged (same size and etag, file still there)."""
+    done = manifest.done_entries([obj.key for obj, _ in todo])
+    return [(obj, dest) for obj, dest in todo
+            if done.get(obj.key) != (obj.size, obj.etag) or not _present(dest, obj.size)]
+
+
 def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: Plan,
                    objects: list[RemoteObject], live: Live | None = None) -> Tally:
     """Round 1 for one listing page: one attempt per selected object not already present."""
@@ -115,13 +122,8 @@ def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: P
             tally.restore_required += 1
             continue
         todo.append((obj, dest))
-    done = manifest.done_entries([obj.key for obj, _ in todo])
-    fresh = []
-    for obj, dest in todo:
-        if done.get(obj.key) == (obj.size, obj.etag) and _present(dest, obj.size):
-            tally.already_present += 1
-        else:
-            fresh.append((obj, dest))
+    fresh = not_present(manifest, todo)
+    tally.already_present = len(todo) - len(fresh)
     manifest.record(refused, plan.run_id)
     live.add(done=tally.already_present, failed=len(refused), listed=tally.listed)
     outcomes: list[Outcome] = []

@@ -11,6 +11,13 @@ from tasks.report import human_bytes
 from tasks.transfer import Engine
 
 PROGRESS_KEY = "download-progress"
+_display = None
+
+
+def use_display(display) -> None:
+    """Let an interactive terminal draw the progress (display.update(live, bytes_done, final))."""
+    global _display
+    _display = display
 
 
 class Progress:
@@ -35,7 +42,9 @@ class Progress:
 
     def tick(self, final: bool = False) -> None:
         now = time.monotonic()
-        if self.tty and (final or now - self._line_at >= 0.1):
+        if _display is not None:
+            _display.update(self.live, self.engine.bytes_done, final)
+        elif self.tty and (final or now - self._line_at >= 0.1):
             self._line_at = now
             sys.stderr.write("\r\x1b[K" + self.line() + ("\n" if final else ""))
             sys.stderr.flush()

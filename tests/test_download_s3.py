@@ -217,6 +217,18 @@ def test_requests_in_flight_never_exceed_concurrency(s3, bucket, tmp_path, prefe
     assert s3.max_in_flight == 4
 
 
+def test_max_requests_per_second_spaces_requests(s3, bucket, tmp_path, prefect_api):
+    for i in range(20):
+        put(s3, bucket, f"data/r/{i}", b"x" * 10)
+    s3.clear_faults()
+    result = run_cli(args(s3, bucket, tmp_path, "--concurrency", "16", "--max-requests-per-second", "10"),
+                     prefect_api)
+    assert result.returncode == 0, result.stderr[-3000:]
+    starts = sorted(s3.injector.starts)
+    # 1 check + 1 listing + 20 GETs: the run's 21 limited requests span at least 2 s at 10/s.
+    assert len(starts) == 22 and starts[-1] - starts[1] >= 1.95
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--backend", "gcs"], "invalid choice"),
     (["--concurrency", "0"], "--concurrency"),
