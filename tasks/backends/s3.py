@@ -9,6 +9,7 @@ import botocore.exceptions as bx
 from botocore.config import Config
 
 from tasks.backends import PAGE_SIZE, Page, StoreConfig, clip
+from tasks.backends.sigv4 import FastPresigner
 from tasks.errors import HTTPStatusError, UsageError
 from tasks.keys import RemoteObject
 
@@ -56,6 +57,7 @@ class S3Backend:
         except bx.ProfileNotFound:
             raise UsageError(f"AWS profile {config.profile!r} not found") from None
         self.client = session.client("s3", config=cfg, **kwargs)
+        self._fast: FastPresigner | bool | None = None  # built on first use (needs credentials)
 
     def _explain(self, exc: Exception) -> Exception:
         where = f"bucket {self.config.bucket!r}"
@@ -93,9 +95,20 @@ class S3Backend:
         return clip(page, self.config.end_before)
 
     def signer(self, key: str):
+        if self._fast is None:
+            self._fast = self._fast_presigner()
+        if self._fast:
+            url = self._fast.url
+            return lambda refresh: url(key)
         params = {"Bucket": self.config.bucket, "Key": key}
         presign = self.client.generate_presigned_url
         return lambda refresh: presign("get_object", Params=params, ExpiresIn=URL_TTL)
+
+    def _fast_presigner(self):
+        try:
+            return FastPresigner(self.client, self.config.bucket, URL_TTL)
+        except Exception:  # noqa: BLE001 - anything unusual: botocore signs every URL
+            return False
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         return err.expired
