@@ -142,7 +142,7 @@ def scan(backend: Backend, plan: Plan) -> Scan:
             todo = []
             for obj in chosen:
                 try:
-                    todo.append((obj, local_path(plan.output, obj.key, plan.strip)))
+                    todo.append((obj, local_path(plan.output, obj.key, plan.strip, obj.path)))
                 except DownloadError:
                     pass
             fresh = not_present(manifest, todo) if manifest else todo

@@ -113,12 +113,12 @@ def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: P
     todo: list[tuple[RemoteObject, Path]] = []
     for obj in chosen:
         try:
-            dest = local_path(plan.output, obj.key, plan.strip)
+            dest = local_path(plan.output, obj.key, plan.strip, obj.path)
         except DownloadError as err:
-            refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False))
+            refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False, path=obj.path))
             continue
         if obj.needs_restore:
-            refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False))
+            refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False, path=obj.path))
             tally.restore_required += 1
             continue
         todo.append((obj, dest))
@@ -161,8 +161,8 @@ async def _attempt_once(engine: Engine, backend: Backend, obj: RemoteObject, des
         got = await engine.fetch(backend.signer(obj.key), dest, obj.size, obj.etag, backend.link_expired)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row in the report
         err = as_download_error(exc)
-        return Outcome(obj.key, obj.size, obj.etag, 1, str(err), err.retryable)
-    return Outcome(obj.key, obj.size, obj.etag, 1, bytes_fetched=got.size)
+        return Outcome(obj.key, obj.size, obj.etag, 1, str(err), err.retryable, path=obj.path)
+    return Outcome(obj.key, obj.size, obj.etag, 1, bytes_fetched=got.size, path=obj.path)
 
 
 def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: Plan,
@@ -198,7 +198,7 @@ async def _retry_all(engine, backend, plan, rows) -> list[Outcome]:
 
 async def _retry_one(engine, backend, plan, row) -> Outcome:
     attempts = row.attempts
-    dest = local_path(plan.output, row.key, plan.strip)
+    dest = local_path(plan.output, row.key, plan.strip, row.path)
     retrying = AsyncRetrying(
         stop=stop_after_attempt(plan.max_attempts - row.attempts),
         wait=wait_exponential_jitter(initial=plan.retry_backoff, max=30 * plan.retry_backoff,
@@ -215,5 +215,5 @@ async def _retry_one(engine, backend, plan, row) -> Outcome:
                 got = await engine.fetch(backend.signer(row.key), dest, row.size, row.etag, backend.link_expired)
     except Exception as exc:  # noqa: BLE001
         err = as_download_error(exc)
-        return Outcome(row.key, row.size, row.etag, attempts, str(err), err.retryable)
-    return Outcome(row.key, row.size, row.etag, attempts, bytes_fetched=got.size)
+        return Outcome(row.key, row.size, row.etag, attempts, str(err), err.retryable, path=row.path)
+    return Outcome(row.key, row.size, row.etag, attempts, bytes_fetched=got.size, path=row.path)

@@ -21,6 +21,7 @@ class RemoteObject:
     size: int
     etag: str = ""
     storage_class: str = ""
+    path: str = ""  # relative local path chosen by the source (Feishu naming rules); '' = from the key
 
     @property
     def needs_restore(self) -> bool:
@@ -79,8 +80,9 @@ def relative_path(key: str, strip: str) -> str:
     return rel
 
 
-def local_path(output: Path, key: str, strip: str) -> Path:
-    return output.joinpath(*relative_path(key, strip).split("/"))
+def local_path(output: Path, key: str, strip: str, path: str = "") -> Path:
+    """Where an object lands; a source-chosen `path` is checked by the same rules as a key."""
+    return output.joinpath(*relative_path(path or key, "" if path else strip).split("/"))
 
 
 def prepare_output(output: str | Path) -> Path:

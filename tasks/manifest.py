@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS objects (
     last_error TEXT,
     retryable  INTEGER NOT NULL DEFAULT 0,
     run_id     TEXT NOT NULL,
-    updated    REAL NOT NULL
+    updated    REAL NOT NULL,
+    path       TEXT NOT NULL DEFAULT ''  -- local path chosen by the source; '' = derived from the key
 );
 CREATE INDEX IF NOT EXISTS objects_by_run ON objects (run_id, state);
 """
@@ -36,6 +37,7 @@ class Outcome:
     error: str | None = None
     retryable: bool = False
     bytes_fetched: int = 0
+    path: str = ""
 
     @property
     def ok(self) -> bool:
@@ -50,6 +52,7 @@ class FailedRow:
     attempts: int
     last_error: str
     retryable: bool
+    path: str = ""
 
 
 class Manifest:
@@ -84,17 +87,17 @@ class Manifest:
     def record(self, outcomes: Iterable[Outcome], run_id: str) -> None:
         now = time.time()
         rows = [(o.key, o.size, o.etag, "done" if o.ok else "failed", o.attempts, o.error,
-                 int(o.retryable), run_id, now) for o in outcomes]
+                 int(o.retryable), run_id, now, o.path) for o in outcomes]
         if not rows:
             return
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO objects (key, size, etag, state, attempts, last_error, retryable, run_id, updated)"
-                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET size=excluded.size,"
+                "INSERT INTO objects (key, size, etag, state, attempts, last_error, retryable, run_id, updated,"
+                " path) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET size=excluded.size,"
                 " etag=excluded.etag, state=excluded.state, attempts=excluded.attempts,"
                 " last_error=excluded.last_error, retryable=excluded.retryable, run_id=excluded.run_id,"
-                " updated=excluded.updated", rows)
+                " updated=excluded.updated, path=excluded.path", rows)
             self._db.execute("COMMIT")
 
     def failed(self, run_id: str, retryable_only: bool = False, chunk: int = 1000) -> Iterator[list[FailedRow]]:
@@ -104,10 +107,10 @@ class Manifest:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT key, size, etag, attempts, last_error, retryable FROM objects"
+                    "SELECT key, size, etag, attempts, last_error, retryable, path FROM objects"
                     f" WHERE run_id=? AND state='failed'{extra} AND key > ? ORDER BY key LIMIT ?",
                     (run_id, after, chunk)).fetchall()
             if not rows:
                 return
-            yield [FailedRow(k, s, e, a, err or "", bool(r)) for k, s, e, a, err, r in rows]
+            yield [FailedRow(k, s, e, a, err or "", bool(r), p) for k, s, e, a, err, r, p in rows]
             after = rows[-1][0]
