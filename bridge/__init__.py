@@ -1,0 +1,1 @@
+"""The Bitable plugin's local download service (WebSocket) and its desktop window."""

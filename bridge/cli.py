@@ -1,0 +1,68 @@
+"""`feishu-bridge` / `python -m bridge`: the WebSocket download service in a terminal. Ctrl-C stops it."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="feishu-bridge", description="Local download service for the Bitable plugin.")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    p.add_argument("--port", type=int, default=11548, help="WebSocket port (default 11548)")
+    p.add_argument("--output", default="./downloads", help="where files are saved (default ./downloads)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--download-concurrency", type=int, default=5, help="downloads at once (default 5)")
+    p.add_argument("--http-connect-timeout", type=float, default=30, help="seconds (default 30)")
+    p.add_argument("--download-read-timeout", type=float, default=3600,
+                   help="seconds without data before a download times out (default 3600; 0 = no limit)")
+    p.add_argument("--personal-base-token", default=None,
+                   help="personal base token for token mode (default: PERSONAL_BASE_TOKEN from env or .env)")
+    p.add_argument("--allow-origin", action="append", default=[],
+                   help="extra allowed browser Origin (repeatable); Feishu/Lark domains and localhost are allowed")
+    return p
+
+
+def personal_base_token(given: str | None) -> str:
+    if given:
+        return given
+    try:
+        from dotenv import load_dotenv
+        load_dotenv(Path.cwd() / ".env")
+    except ImportError:
+        pass
+    return os.environ.get("PERSONAL_BASE_TOKEN", "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    if not 1 <= args.download_concurrency <= 64:
+        print("error: --download-concurrency must be 1-64", file=sys.stderr)
+        return 2
+    from bridge.service import DEFAULT_ORIGINS, BridgeService, BridgeSettings
+    from tasks.errors import UsageError
+    settings = BridgeSettings(
+        host=args.host, port=args.port, output=Path(args.output), download_concurrency=args.download_concurrency,
+        http_connect_timeout=args.http_connect_timeout, download_read_timeout=args.download_read_timeout,
+        personal_base_token=personal_base_token(args.personal_base_token),
+        allowed_origins=DEFAULT_ORIGINS + args.allow_origin)
+    service = BridgeService(settings)
+    try:
+        service.start()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"feishu-bridge listening on ws://{settings.host}:{service.port}, saving to {settings.output}"
+          " (Ctrl-C to stop)", flush=True)
+    stop.wait()
+    service.stop()
+    print("stopped", flush=True)
+    return 0
