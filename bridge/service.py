@@ -85,6 +85,8 @@ class Job:
         self.connected = True
         self.finished = False
         self.active = 0
+        self.recorded = service.recorder.begin(f"{config.job_id or 'job'}-{id(self)}", config.folder_name,
+                                               str(self.folder), config.total)
         self._progress_at = 0.0
 
     # -- files ------------------------------------------------------------------------------------
@@ -200,10 +202,14 @@ class Job:
                                  return_exceptions=True)
         loop = asyncio.get_running_loop()
         run_id = self.config.job_id or "job"
-        csv_path, _ = await loop.run_in_executor(None, write_failed_csv, self.manifest, run_id, self.folder,
-                                                 FAILED_CSV_NAME)
+        csv_path, first_rows = await loop.run_in_executor(None, write_failed_csv, self.manifest, run_id,
+                                                          self.folder, FAILED_CSV_NAME)
         ok = sum(o.ok for o in self.outcomes.values())
         failed = len(self.outcomes) - ok
+        if self.recorded:
+            self.recorded({"listed": len(self.outcomes), "downloaded": ok, "failed": failed,
+                           "bytes": sum(o.bytes_fetched for o in self.outcomes.values()),
+                           "failed_csv": csv_path, "first_rows": first_rows})
         if self.config.zip_after_download:
             from tasks.zipper import zip_folder
             zip_path = self.folder.with_name(self.folder.name + ".zip")
@@ -241,6 +247,8 @@ class BridgeService:
     def start(self) -> "BridgeService":
         s = self.settings
         s.output = prepare_output(s.output)
+        from bridge.record import JobRecorder
+        self.recorder = JobRecorder()
         if s.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: other machines on the network can reach this service", s.host)
         self.engine = Engine(s.download_concurrency, s.http_connect_timeout, s.download_read_timeout).__enter__()
@@ -267,8 +275,12 @@ class BridgeService:
         for job in self.jobs:
             if not job.finished:
                 job.manifest.close()
+                if job.recorded:
+                    job.recorded({"listed": len(job.requests), "downloaded": sum(o.ok for o in job.outcomes.values()),
+                                  "failed": sum(not o.ok for o in job.outcomes.values())})
         self.engine.close()  # cancels what is in flight; partial files stay resumable
         self.engine = None
+        self.recorder.wait()
         self.on_event("stopped", "stopped")
 
     def status(self) -> dict:

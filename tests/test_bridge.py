@@ -230,3 +230,41 @@ def test_cli_exits_2_when_the_port_is_taken(service):
     result = subprocess.run([sys.executable, "-m", "bridge", "--port", str(service.port)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_job_is_a_prefect_flow_run_with_its_summary(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
+
+    svc = BridgeService(BridgeSettings(port=0, output=tmp_path / "dl", retry_backoff=0.01)).start()
+    try:
+        async def scenario():
+            files = FileServer()
+            await files.start()
+            async with connect(ws_url(svc)) as ws:
+                plugin = Plugin(ws, files)
+                await plugin.send("feishu_attachment_config", {"jobId": "rec", "total": 2})
+                await plugin.next_ack()
+                await plugin.send("feishu_attachment_link", [
+                    {"name": "x.txt", "order": 1, "downloadUrl": files.url("x.txt")},
+                    {"name": "y.txt", "order": 2, "downloadUrl": files.url("y.txt", ttl=-1)}])
+                plugin.names = {2: "y.txt"}
+                await plugin.send("feishu_attachment_complete", {"jobId": "rec"})
+                return await plugin.until("job_complete")
+        assert run(scenario())["completed"] == 2
+    finally:
+        svc.stop()
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["feishu-plugin-job"])))
+            done = [r for r in runs if r.parameters.get("job_name") == "rec" and r.state.is_completed()]
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert done, [r.state for r in runs]
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[done[0].id])))
+    summary = next(a for a in artifacts if a.key == "download-summary").data
+    rows = {r["metric"]: r["value"] for r in (json.loads(summary) if isinstance(summary, str) else summary)}
+    assert rows["downloaded"] == "2" and rows["failed"] == "0"
