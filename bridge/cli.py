@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without data before a download times out (default 3600; 0 = no limit)")
     p.add_argument("--personal-base-token", default=None,
                    help="personal base token for token mode (default: PERSONAL_BASE_TOKEN from env or .env)")
+    p.add_argument("--domain", choices=["feishu", "lark"], default="feishu",
+                   help="token mode: Feishu (base-api.feishu.cn) or Lark (base-api.larksuite.com)")
+    p.add_argument("--api-base-url", default=None, help="token mode: override the Open API address")
     p.add_argument("--allow-origin", action="append", default=[],
                    help="extra allowed browser Origin (repeatable); Feishu/Lark domains and localhost are allowed")
     return p
@@ -45,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --download-concurrency must be 1-64", file=sys.stderr)
         return 2
     from bridge.service import DEFAULT_ORIGINS, BridgeService, BridgeSettings
+    from tasks.feishu import DOMAINS
     from tasks.errors import UsageError
     settings = BridgeSettings(
         host=args.host, port=args.port, output=Path(args.output), download_concurrency=args.download_concurrency,
         http_connect_timeout=args.http_connect_timeout, download_read_timeout=args.download_read_timeout,
         personal_base_token=personal_base_token(args.personal_base_token),
+        feishu_base_url=args.api_base_url or DOMAINS[args.domain],
         allowed_origins=DEFAULT_ORIGINS + args.allow_origin)
     service = BridgeService(settings)
     try:

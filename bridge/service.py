@@ -19,8 +19,10 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge import protocol as p
 from tasks.errors import DownloadError, HTTPStatusError, UsageError, as_download_error
+from tasks.feishu import DOMAINS, LINK_STATUSES, Attachment, FeishuClient, LinkBroker
 from tasks.keys import FAILED_CSV_NAME, local_path, prepare_output
 from tasks.manifest import Manifest, Outcome
+from tasks.naming import UniquePaths, clean_segment
 from tasks.report import write_failed_csv
 from tasks.transfer import Engine
 
@@ -28,7 +30,6 @@ log = logging.getLogger("feishu-bridge")
 ATTEMPTS = 3
 REFRESH_WAIT = 120.0
 PROGRESS_EVERY = 0.5
-LINK_STATUSES = {400, 401, 403, 404, 410}  # Feishu answers these for an expired or revoked link
 DEFAULT_ORIGINS = [
     re.compile(r"https://([a-z0-9-]+\.)*(feishu\.cn|feishu\.net|larksuite\.com|larkoffice\.com|feishucdn\.com)"),
     re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"),
@@ -53,17 +54,12 @@ class BridgeSettings:
     allowed_origins: list = field(default_factory=lambda: list(DEFAULT_ORIGINS))
     max_message_bytes: int = 4 * 1024 * 1024
     feishu_base_url: str | None = None  # the Open API; None: Feishu's own
+    api_requests_per_second: float = 2.0  # the personal base token's limit
     retry_backoff: float = 1.0
 
 
 def link_expired(err: HTTPStatusError) -> bool:
     return err.status in LINK_STATUSES
-
-
-def clean_segment(text: str) -> str:
-    """One safe file or folder name: no separators, control or reserved characters, no dot names."""
-    text = re.sub(r'[\x00-\x1f\x7f<>:"/\\|?*]', "_", text).strip().strip(".")
-    return text[:200] or "_"
 
 
 class Job:
@@ -81,7 +77,10 @@ class Job:
         self.tasks: list[asyncio.Task] = []
         self.outcomes: dict[str, Outcome] = {}
         self.refreshes: dict[int, asyncio.Future] = {}
-        self.used_paths: set[str] = set()
+        self.paths = UniquePaths()
+        # Token mode: links come from the Bitable API (the Feishu flow's code), batched within its rate limit.
+        self.links = (LinkBroker(service.feishu_client(), config.table_id)
+                      if config.download_mode == "token" else None)
         self.connected = True
         self.finished = False
         self.active = 0
@@ -95,23 +94,21 @@ class Job:
             raise p.ProtocolError(f"too many files: at most {p.MAX_FILES_PER_JOB} per job")
         if req.key in self.requests:
             raise p.ProtocolError(f"file {req.name!r} (order {req.order}) was already sent")
+        if self.links is not None and not req.token:
+            raise p.ProtocolError(f"invalid file {req.name!r}: token mode needs the attachment's token")
         rel = self._place(req)
         self.requests[req.key] = (req, rel)
+        if self.links is not None:
+            self.links.expect([_attachment(req)])
         self.tasks.append(asyncio.create_task(self._download(req, rel)))
 
     def _place(self, req: p.FileRequest) -> str:
         """A unique, safe relative path: the plugin's folder path and name, cleaned; name_1.ext on clashes."""
         folders = [clean_segment(s) for s in re.split(r"[/\\]+", req.path) if s.strip(" .")]
-        stem, dot, ext = clean_segment(req.name).rpartition(".")
-        if not dot or not stem:
-            stem, ext = clean_segment(req.name), ""
-        for n in range(0, 100_000):
-            name = f"{stem}{'_' + str(n) if n else ''}{'.' + ext if ext else ''}"
-            rel = "/".join(folders + [name])
-            if rel.casefold() not in self.used_paths:
-                self.used_paths.add(rel.casefold())
-                return rel
-        raise p.ProtocolError(f"too many files named {req.name!r}")
+        try:
+            return self.paths.claim(folders, clean_segment(req.name))
+        except ValueError as exc:
+            raise p.ProtocolError(str(exc)) from None
 
     async def _download(self, req: p.FileRequest, rel: str, fresh: bool = False) -> Outcome:
         """Up to ATTEMPTS tries (retryable errors only); the plugin hears of the result either way."""
@@ -119,6 +116,8 @@ class Job:
         link = {"url": "" if fresh else req.download_url}
 
         async def sign(refresh: bool):
+            if self.links is not None:
+                return await self.links.link(_attachment(req), refresh or fresh)
             if refresh or not link["url"]:
                 link["url"] = await self._fresh_link(req)
             return link["url"]
@@ -151,8 +150,6 @@ class Job:
         return outcome
 
     async def _fresh_link(self, req: p.FileRequest) -> str:
-        if self.config.download_mode == "token":
-            return await self.service.token_link(req, self.config)
         if req.order is None:
             raise DownloadError("the link expired and the file has no order to ask for a new one")
         if not self.connected:
@@ -203,7 +200,7 @@ class Job:
         loop = asyncio.get_running_loop()
         run_id = self.config.job_id or "job"
         csv_path, first_rows = await loop.run_in_executor(None, write_failed_csv, self.manifest, run_id,
-                                                          self.folder, FAILED_CSV_NAME)
+                                                          self.folder, FAILED_CSV_NAME, True)
         ok = sum(o.ok for o in self.outcomes.values())
         failed = len(self.outcomes) - ok
         if self.recorded:
@@ -224,6 +221,10 @@ class Job:
                               failedCsv=str(csv_path) if csv_path else None))
 
 
+def _attachment(req: p.FileRequest) -> Attachment:
+    return Attachment(req.token, req.field_id, req.record_id)
+
+
 def _unique_folder(output: Path, name: str) -> Path:
     folder = output / name
     n = 0
@@ -240,6 +241,7 @@ class BridgeService:
         self.engine: Engine | None = None
         self.jobs: list[Job] = []
         self.connections = 0
+        self._feishu: FeishuClient | None = None
         self._server = None
         self.port = settings.port
 
@@ -278,6 +280,9 @@ class BridgeService:
                 if job.recorded:
                     job.recorded({"listed": len(job.requests), "downloaded": sum(o.ok for o in job.outcomes.values()),
                                   "failed": sum(not o.ok for o in job.outcomes.values())})
+        if self._feishu is not None:
+            self.engine.run(self._feishu.close(), timeout=10)
+            self._feishu = None
         self.engine.close()  # cancels what is in flight; partial files stay resumable
         self.engine = None
         self.recorder.wait()
@@ -293,8 +298,14 @@ class BridgeService:
     def changed(self) -> None:
         self.on_event("status", "")
 
-    async def token_link(self, req: p.FileRequest, config: p.JobConfig) -> str:
-        raise DownloadError("token mode is not available in this build", retryable=False)
+    def feishu_client(self) -> FeishuClient:
+        """One Bitable API client for the service: one rate limit for all token-mode jobs."""
+        if self._feishu is None:
+            s = self.settings
+            self._feishu = FeishuClient(s.feishu_base_url or DOMAINS["feishu"], s.personal_base_token,
+                                        s.api_requests_per_second, s.http_connect_timeout,
+                                        s.download_read_timeout, backoff=s.retry_backoff)
+        return self._feishu
 
     # -- one WebSocket connection -----------------------------------------------------------------
     async def _handle(self, ws) -> None:

@@ -6,6 +6,7 @@ Credential blocks are Prefect Secret blocks holding JSON; deployments name them 
 so no secret is ever a parameter value:
     s3-credentials   from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN
     oss-credentials  from OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET / OSS_SESSION_TOKEN
+    feishu-base-token  from PERSONAL_BASE_TOKEN (a plain string; the Feishu flow's token_block)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
 
 WORK_POOL = "downloads"
+FEISHU_BLOCK = "feishu-base-token"
 BLOCKS = {
     "s3-credentials": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
     "oss-credentials": ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN"),
@@ -48,6 +50,11 @@ def main() -> int:
             print(f"secret block {block!r} saved from {id_var}/{secret_var}")
         else:
             print(f"secret block {block!r} skipped: {id_var} and {secret_var} are not set")
+    if os.environ.get("PERSONAL_BASE_TOKEN"):
+        Secret(value=os.environ["PERSONAL_BASE_TOKEN"]).save(FEISHU_BLOCK, overwrite=True)
+        print(f"secret block {FEISHU_BLOCK!r} saved from PERSONAL_BASE_TOKEN")
+    else:
+        print(f"secret block {FEISHU_BLOCK!r} skipped: PERSONAL_BASE_TOKEN is not set")
     return 0
 
 

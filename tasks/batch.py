@@ -30,6 +30,7 @@ class Plan:
     max_attempts: int = 3
     retry_backoff: float = 1.0
     shard: str | None = None
+    path_column: bool = False  # failure CSV also names the local path (items keyed by id)
 
     @property
     def manifest_name(self) -> str:

@@ -43,7 +43,8 @@ def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: bat
 
 @unit(name="report")
 def report(manifest: Manifest, plan: batch.Plan, tally: batch.Tally, seconds: float) -> Summary:
-    csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output, plan.failed_csv_name)
+    csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output, plan.failed_csv_name,
+                                           plan.path_column)
     summary = Summary.of(tally, seconds, csv_path)
     publish_summary(summary, first_rows)
     return summary

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import re
 import socket
 
 import aiohttp
 
 RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
-                   "TooManyRequests", "RequestTimeTooSkewed"}
+                   "TooManyRequests", "RequestTimeTooSkewed",
+                   "99991400"}  # Feishu: "request trigger frequency limit"
 
 
 class UsageError(Exception):
@@ -57,7 +59,13 @@ _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,200})</Message>")
 
 
 def http_error(status: int, body: bytes) -> HTTPStatusError:
-    """Build an error from an S3/OSS error response body (XML with Code and Message)."""
+    """Build an error from an error response body: S3/OSS XML (Code, Message) or Feishu JSON (code, msg)."""
+    if (body or b"").lstrip().startswith(b"{"):
+        try:
+            value = json.loads(body)
+            return HTTPStatusError(status, str(value.get("code", "")), str(value.get("msg", ""))[:200])
+        except (ValueError, AttributeError):
+            pass
     code = _ERROR_CODE.search(body or b"")
     message = _ERROR_MESSAGE.search(body or b"")
     return HTTPStatusError(status, code.group(1).decode(errors="replace") if code else "",

@@ -29,6 +29,7 @@ class Summary:
     objects_per_s: float
     mb_per_s: float
     failed_csv: str | None = None
+    zip_file: str | None = None
 
     @classmethod
     def of(cls, tally: Tally, seconds: float, failed_csv: Path | None) -> "Summary":
@@ -40,19 +41,22 @@ class Summary:
 
     def rows(self) -> list[tuple[str, str]]:
         return [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
-                if name != "failed_csv"]
+                if name not in ("failed_csv", "zip_file")]
 
     def text(self) -> str:
         width = max(len(name) for name, _ in self.rows())
         lines = [f"  {name:<{width}}  {value}" for name, value in self.rows()]
         if self.failed_csv:
             lines.append(f"  failures listed in {self.failed_csv}")
+        if self.zip_file:
+            lines.append(f"  ZIP: {self.zip_file}")
         return "\n".join(["Summary:"] + lines)
 
 
-def write_failed_csv(manifest: Manifest, run_id: str, output: Path,
-                     name: str = FAILED_CSV_NAME) -> tuple[Path | None, list[list]]:
+def write_failed_csv(manifest: Manifest, run_id: str, output: Path, name: str = FAILED_CSV_NAME,
+                     path_column: bool = False) -> tuple[Path | None, list[list]]:
     """Write this run's failures to <output>/.oss-failed.csv (atomically), or remove a stale one.
+    `path_column` adds the local path (items whose key is an id, like Feishu attachments).
 
     Returns the path (None when there were no failures) and the first TABLE_ROWS rows."""
     path = output / name
@@ -61,11 +65,11 @@ def write_failed_csv(manifest: Manifest, run_id: str, output: Path,
     count = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_HEADER)
+        writer.writerow(CSV_HEADER + ["path"] if path_column else CSV_HEADER)
         for rows in manifest.failed(run_id):
             for row in rows:
                 line = [row.key, row.last_error, row.attempts]
-                writer.writerow(line)
+                writer.writerow(line + [row.path] if path_column else line)
                 if count < TABLE_ROWS:
                     first.append(line)
                 count += 1

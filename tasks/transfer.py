@@ -50,7 +50,7 @@ class Fetched:
     etag: str
 
 
-class _RateLimit:
+class RateLimit:
     """Spaces request starts evenly: at most `rate` per second for the whole process."""
 
     def __init__(self, rate: float):
@@ -215,7 +215,7 @@ class Engine:
                  part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB,
                  max_requests_per_second: float | None = None):
         self.concurrency = concurrency
-        self._rate = _RateLimit(max_requests_per_second) if max_requests_per_second else None
+        self._rate = RateLimit(max_requests_per_second) if max_requests_per_second else None
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None,

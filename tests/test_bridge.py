@@ -268,3 +268,50 @@ def test_each_job_is_a_prefect_flow_run_with_its_summary(prefect_api, tmp_path):
     summary = next(a for a in artifacts if a.key == "download-summary").data
     rows = {r["metric"]: r["value"] for r in (json.loads(summary) if isinstance(summary, str) else summary)}
     assert rows["downloaded"] == "2" and rows["failed"] == "0"
+
+
+def test_token_mode_fetches_through_the_bitable_api_and_zips(tmp_path):
+    import zipfile
+
+    from infra.feishu_server import GOOD_TOKEN, FeishuServer
+
+    with FeishuServer(link_ttl=0.4) as fs:
+        fs.add_table("app", "tbl", [{"field_id": "fAtt", "field_name": "附件", "type": 17}])
+        cells = {f"t{i}.bin": fs.add_file(content(f"t{i}.bin"), f"t{i}.bin") for i in range(6)}
+        for i, (name, cell) in enumerate(cells.items()):
+            fs.add_record("app", "tbl", f"r{i}", {"附件": [cell]})
+        fs.delete_file(cells["t5.bin"]["file_token"])
+        for name in ("t0.bin", "t1.bin"):  # slow first files: the links fetched with theirs expire meanwhile
+            fs.add_fault(cells[name]["file_token"], "delay", seconds=0.3)
+        svc = BridgeService(BridgeSettings(port=0, output=tmp_path / "dl", retry_backoff=0.01,
+                                           personal_base_token=GOOD_TOKEN, feishu_base_url=fs.base_url)).start()
+        try:
+            async def scenario():
+                async with connect(ws_url(svc)) as ws:
+                    plugin = Plugin(ws, None)
+                    await plugin.send("feishu_attachment_config", {
+                        "jobId": "tok", "zipName": "打包", "zipAfterDownload": True, "total": 6, "concurrent": 1,
+                        "downloadMode": "token", "appToken": "app", "tableId": "tbl"})
+                    await plugin.next_ack()
+                    await plugin.send("feishu_attachment_link", {"files": [
+                        {"name": name, "path": "附件", "order": i, "size": cell["size"], "token": cell["file_token"],
+                         "fieldId": "fAtt", "recordId": f"r{i}"} for i, (name, cell) in enumerate(cells.items())]})
+                    await plugin.send("feishu_attachment_complete", {"jobId": "tok"})
+                    zipped = await plugin.until("zip")
+                    return plugin, zipped, await plugin.until("job_complete")
+            plugin, zipped, done = run(scenario())
+        finally:
+            svc.stop()
+        assert not [a for a in plugin.acks if a["status"] == "refresh"]  # token mode never asks the browser
+        assert fs.counters["expired_hits"] > 0                            # short-lived links were refreshed
+        assert fs.auth_headers_seen and all(h == f"Bearer {GOOD_TOKEN}" for h in fs.auth_headers_seen)
+    assert done["completed"] == 5 and done["failed"] == 1
+    failed = [a for a in plugin.acks if a.get("stage") == "file" and a["status"] == "error"]
+    assert failed and all(a["order"] == 5 and "deleted" in a["message"] for a in failed)
+    folder = tmp_path / "dl" / "打包"
+    on_disk = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+               if p.is_file() and not p.name.startswith(".oss")}
+    assert on_disk == {f"附件/t{i}.bin": content(f"t{i}.bin") for i in range(5)}
+    assert zipped["path"] == str(tmp_path / "dl" / "打包.zip")
+    with zipfile.ZipFile(zipped["path"]) as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == {f"打包/{k}": v for k, v in on_disk.items()}

@@ -153,6 +153,10 @@ def test_deployed_run_on_a_worker_with_credentials_block(server, s3, bucket, tmp
         deployment = client.read_deployment_by_name("object-download/s3-download")
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         assert deployment.enforce_parameter_schema
+        feishu = client.read_deployment_by_name("feishu-attachments/feishu-attachments")
+        feishu_fields = feishu.parameter_openapi_schema["definitions"]["FeishuParams"]["properties"]
+        assert {"app_token", "table_id", "token_block", "zip"} <= set(feishu_fields)
+        assert not {"token", "personal_base_token"} & set(feishu_fields)  # the token is never a parameter
 
         # The secret is nowhere: parameters, logs, artifacts, server and worker output.
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

@@ -1,0 +1,123 @@
+"""The Feishu Bitable attachment flow: every attachment of a table to a local folder (optionally one ZIP),
+named and foldered by the record's fields; the same batches, manifest, rounds and report as the object flow.
+
+    PERSONAL_BASE_TOKEN=... python -m flows.feishu --app-token APP --table-id TBL --output DIR [--zip]
+"""
+from __future__ import annotations
+
+import uuid
+from contextlib import closing
+from typing import Literal
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.pipeline import BATCH_WORKERS, download_all, preview_all
+from tasks.batch import Plan
+from tasks.feishu import DOMAINS, BitableSource, FeishuBackend, FeishuClient, personal_base_token
+from tasks.keys import prepare_output
+from tasks.manifest import Manifest
+from tasks.naming import UNCATEGORIZED, AttachmentNaming, clean_segment
+from tasks.report import Preview, Summary
+from tasks.transfer import Engine
+from tasks.zipper import zip_folder
+
+ZIP_KEY = "feishu-zip"
+
+
+class FeishuParams(BaseModel):
+    """Download every attachment of a Bitable table; reruns resume. The token is never a parameter."""
+    model_config = ConfigDict(extra="forbid")
+
+    app_token: str = Field(..., min_length=1, title="Base (app token)",
+                           description="The base's app token (from its URL: /base/<app_token>).")
+    table_id: str = Field(..., min_length=1, title="Table ID", description="tbl… (from the URL: ?table=…).")
+    view_id: str | None = Field(None, title="View ID", description="Only records of this view; empty: all.")
+    attachment_fields: list[str] = Field(default_factory=list, title="Attachment fields",
+                                         description="Names or ids; empty: every attachment field.")
+    domain: Literal["feishu", "lark"] = Field("feishu", title="Domain",
+                                              description="feishu: base-api.feishu.cn; lark: base-api.larksuite.com.")
+    api_base_url: str | None = Field(None, title="API base URL",
+                                     description="Overrides the domain (private deployments, tests).")
+    token_block: str | None = Field(None, title="Token block",
+                                    description="Prefect Secret block with the personal base token;"
+                                                " empty: PERSONAL_BASE_TOKEN from the environment or .env.")
+    output: str = Field("./downloads", title="Output folder")
+    job_name: str | None = Field(None, title="Job folder",
+                                 description="Folder (and ZIP) name below the output; empty: the table ID.")
+    concurrency: int = Field(5, ge=1, le=64, title="Concurrency", description="Downloads at once.")
+    zip: bool = Field(False, title="ZIP", description="Also pack the job folder into <job>.zip beside it.")
+    name_fields: list[str] = Field(default_factory=list, title="Name from fields",
+                                   description="File name = these fields' values joined (extension kept);"
+                                               " empty: the attachment's own name.")
+    name_separator: str = Field("-", max_length=8, title="Name separator")
+    folder_fields: list[str] = Field(default_factory=list, max_length=2, title="Folders from fields",
+                                     description="First and second folder level from these fields.")
+    uncategorized_folder: str = Field(UNCATEGORIZED, min_length=1, title="Folder for empty values")
+    max_attempts: int = Field(3, ge=1, le=10, title="Max attempts")
+    retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)")
+    api_requests_per_second: float = Field(2.0, gt=0, le=100, title="API requests per second",
+                                           description="The base token's limit (2/s per base).")
+    connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
+    read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
+    dry_run: bool = Field(False, title="Dry run", description="List and preview only.")
+    page_size: int = Field(500, ge=1, le=500, title="Records per page", description="Listing page size (max 500).")
+
+    @property
+    def base_url(self) -> str:
+        return self.api_base_url or DOMAINS[self.domain]
+
+    @property
+    def folder_name(self) -> str:
+        return clean_segment(self.job_name or self.table_id)
+
+    def source(self) -> BitableSource:
+        return BitableSource(self.app_token, self.table_id, self.view_id, list(self.attachment_fields),
+                             self.page_size)
+
+    def naming(self) -> AttachmentNaming:
+        return AttachmentNaming(list(self.name_fields), self.name_separator, list(self.folder_fields),
+                                self.uncategorized_folder)
+
+    def client(self, token: str) -> FeishuClient:
+        return FeishuClient(self.base_url, token, self.api_requests_per_second, self.connect_timeout,
+                            self.read_timeout, backoff=self.retry_backoff)
+
+
+@task(name="zip-job", cache_policy=NO_CACHE, persist_result=False)
+def zip_job(folder, zip_path) -> str:
+    path = zip_folder(folder, zip_path, folder.name)
+    create_markdown_artifact(f"ZIP written: `{path}`", key=ZIP_KEY, description="The job's ZIP")
+    return str(path)
+
+
+@flow(name="feishu-attachments", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS), persist_result=False)
+def download_attachments(params: FeishuParams) -> Summary | Preview:
+    folder = prepare_output(prepare_output(params.output) / params.folder_name)
+    plan = Plan(folder, "", (), run_id=flow_run.id or uuid.uuid4().hex, max_attempts=params.max_attempts,
+                retry_backoff=params.retry_backoff, path_column=True)
+    engine = Engine(params.concurrency, params.connect_timeout, params.read_timeout)
+    client = params.client(personal_base_token(params.token_block))
+    with closing(Manifest(folder, plan.manifest_name)) as manifest, engine:
+        try:
+            backend = FeishuBackend(params.source(), client, engine, params.naming())
+            backend.check()
+            if params.dry_run:
+                return preview_all(backend, engine, plan)
+            summary = download_all(backend, engine, manifest, plan)
+        finally:
+            engine.run(client.close())
+    if params.zip:
+        summary.zip_file = zip_job(folder, folder.with_name(folder.name + ".zip"))
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows.feishu_cli import main
+    sys.exit(main())

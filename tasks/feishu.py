@@ -1,0 +1,290 @@
+"""Feishu Bitable attachments as a download source: records page by page, attachment cells as download
+items, temporary download links asked for in batches within the base token's rate limit.
+
+Plain asyncio + aiohttp on the transfer engine's loop (no Prefect here); the flow and the plugin's
+WebSocket service both use it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from tasks.backends import Page
+from tasks.errors import DownloadError, HTTPStatusError, UsageError, is_retryable
+from tasks.keys import RemoteObject
+from tasks.naming import AttachmentNaming
+from tasks.transfer import Engine, RateLimit
+
+DOMAINS = {"feishu": "https://base-api.feishu.cn", "lark": "https://base-api.larksuite.com"}
+ATTACHMENT_TYPE = 17
+PAGE_SIZE = 500           # the records API's maximum
+TMP_URL_BATCH = 5         # file tokens per batch_get_tmp_download_url call (the API's maximum)
+LINK_TTL = 240.0          # re-ask a link older than this (Feishu's links live about 10 minutes)
+LINK_STATUSES = {400, 401, 403, 404, 410}  # what Feishu answers for an expired or revoked link
+# Codes that mean the personal base token itself is wrong, expired or lacks access to the base.
+BAD_TOKEN_CODES = {99991661, 99991663, 99991668, 99991677, 1254301, 1254302}
+NOT_FOUND_CODES = {1254040: "base (app_token) not found", 1254041: "table not found",
+                   1254042: "view not found", 1254045: "field not found"}
+
+
+def personal_base_token(block_name: str | None = None) -> str:
+    """The token from a Prefect Secret block (by name), else PERSONAL_BASE_TOKEN from the env or ./.env."""
+    if block_name:
+        from prefect.blocks.system import Secret
+        try:
+            value = Secret.load(block_name).get()
+        except ValueError:
+            raise UsageError(f"token block {block_name!r} not found (create a Secret block with that name)") \
+                from None
+        if isinstance(value, dict):
+            value = value.get("personal_base_token") or value.get("token") or ""
+        if not value:
+            raise UsageError(f"token block {block_name!r} holds no personal base token")
+        return str(value)
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env")
+    token = os.environ.get("PERSONAL_BASE_TOKEN", "").strip()
+    if not token:
+        raise UsageError("no personal base token: set PERSONAL_BASE_TOKEN (environment or .env)"
+                         " or name a Prefect Secret block")
+    return token
+
+
+def api_error(status: int, code, message: str) -> Exception:
+    """One place for what a Feishu API answer means: a usage problem, or a (maybe retryable) failure."""
+    if code in BAD_TOKEN_CODES:
+        return UsageError(f"Feishu refused the personal base token ({code}: {message}):"
+                          " check that it is valid, not expired and allowed on this base")
+    if code in NOT_FOUND_CODES:
+        return UsageError(f"Feishu: {NOT_FOUND_CODES[code]} ({code})")
+    return HTTPStatusError(status if status >= 400 else 400, str(code), message)
+
+
+class FeishuClient:
+    """The few Open API calls the downloader needs, with the bearer token and a shared rate limit."""
+
+    def __init__(self, base_url: str, token: str, requests_per_second: float = 2.0,
+                 connect_timeout: float = 10, read_timeout: float = 60, backoff: float = 1.0, attempts: int = 6):
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._rate = RateLimit(requests_per_second) if requests_per_second else None
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout or None)
+        self._backoff, self._attempts = backoff, attempts
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # never the token
+        return f"FeishuClient({self.base_url})"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, path: str, params: list[tuple[str, str]]) -> dict:
+        """GET an API path; rate-limited and failing calls are retried with backoff."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(self._attempts),
+                                 wait=wait_exponential_jitter(initial=self._backoff, max=20 * self._backoff),
+                                 retry=retry_if_exception(is_retryable), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await self._get_once(path, params)
+        raise AssertionError("unreachable")
+
+    async def _get_once(self, path: str, params: list[tuple[str, str]]) -> dict:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._rate:
+            await self._rate.wait()
+        async with self._session.get(self.base_url + path, params=params,
+                                     headers={"Authorization": f"Bearer {self._token}"}) as resp:
+            body = await resp.read()
+            status = resp.status
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise HTTPStatusError(status, "", "not a Feishu API answer") from None
+        if status == 200 and answer.get("code") == 0:
+            return answer.get("data") or {}
+        raise api_error(status, answer.get("code"), str(answer.get("msg", ""))[:200])
+
+    async def fields(self, app_token: str, table_id: str) -> list[dict]:
+        found, page_token = [], ""
+        while True:
+            data = await self.get(f"/open-apis/bitable/v1/apps/{app_token}/tables/{table_id}/fields",
+                                  [("page_size", "100")] + ([("page_token", page_token)] if page_token else []))
+            found += data.get("items") or []
+            page_token = data.get("page_token") or ""
+            if not data.get("has_more") or not page_token:
+                return found
+
+    async def records(self, app_token: str, table_id: str, view_id: str | None, page_token: str | None,
+                      page_size: int = PAGE_SIZE) -> tuple[list[dict], str | None]:
+        params = [("page_size", str(page_size))]
+        params += [("view_id", view_id)] if view_id else []
+        params += [("page_token", page_token)] if page_token else []
+        data = await self.get(f"/open-apis/bitable/v1/apps/{app_token}/tables/{table_id}/records", params)
+        more = data.get("has_more") and data.get("page_token")
+        return data.get("items") or [], (data["page_token"] if more else None)
+
+    async def tmp_urls(self, file_tokens: list[str], extra: dict | None = None) -> dict[str, str]:
+        params = [("file_tokens", t) for t in file_tokens]
+        if extra:
+            params.append(("extra", json.dumps(extra, separators=(",", ":"))))
+        data = await self.get("/open-apis/drive/v1/medias/batch_get_tmp_download_url", params)
+        return {item["file_token"]: item["tmp_download_url"] for item in data.get("tmp_download_urls") or []
+                if item.get("tmp_download_url")}
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    file_token: str
+    field_id: str = ""
+    record_id: str = ""
+
+
+class LinkBroker:
+    """Temporary download links for attachments. Each API call asks for up to 5 files (the API's limit),
+    topped up with the next expected files, so the base's 2 requests/s move 10 links/s, not 2."""
+
+    def __init__(self, client: FeishuClient, table_id: str, ttl: float = LINK_TTL):
+        self.client, self.table_id, self.ttl = client, table_id, ttl
+        self._links: dict[str, tuple[str, float]] = {}
+        self._waiting: dict[Attachment, list[asyncio.Future]] = {}
+        self._upcoming: deque[Attachment] = deque(maxlen=10_000)
+        self._worker: asyncio.Task | None = None
+
+    def expect(self, attachments: list[Attachment]) -> None:
+        """Files about to be downloaded (from the engine's thread or loop): fetched links ride along."""
+        self._upcoming.extend(attachments)
+
+    async def link(self, att: Attachment, refresh: bool = False) -> str:
+        loop = asyncio.get_running_loop()
+        cached = self._links.get(att.file_token)
+        if cached and not refresh and loop.time() - cached[1] < self.ttl:
+            return cached[0]
+        future = loop.create_future()
+        self._waiting.setdefault(att, []).append(future)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    def _next_batch(self, now: float) -> list[Attachment]:
+        batch = list(self._waiting)[:TMP_URL_BATCH]
+        while len(batch) < TMP_URL_BATCH and self._upcoming:
+            att = self._upcoming.popleft()
+            cached = self._links.get(att.file_token)
+            if att not in batch and not (cached and now - cached[1] < self.ttl / 2):
+                batch.append(att)
+        return batch
+
+    def _extra(self, batch: list[Attachment]) -> dict | None:
+        """The bitablePerm payload that tables with advanced permissions require."""
+        attachments: dict[str, dict[str, list[str]]] = {}
+        for att in batch:
+            if att.field_id and att.record_id:
+                attachments.setdefault(att.field_id, {}).setdefault(att.record_id, []).append(att.file_token)
+        return {"bitablePerm": {"tableId": self.table_id, "attachments": attachments}} if attachments else None
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch = self._next_batch(loop.time())
+            try:
+                urls = await self.client.tmp_urls([a.file_token for a in batch], self._extra(batch))
+                error = None
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this batch
+                urls, error = {}, exc
+            now = loop.time()
+            for token, url in urls.items():
+                self._links[token] = (url, now)
+            for att in batch:
+                for future in self._waiting.pop(att, []):
+                    if future.done():
+                        continue
+                    if att.file_token in urls:
+                        future.set_result(urls[att.file_token])
+                    else:
+                        future.set_exception(error or DownloadError(
+                            "no download link: the attachment was deleted or you have no permission to it"))
+
+
+@dataclass
+class BitableSource:
+    """Which table to read; holds no secret (the token lives only in the client)."""
+    app_token: str
+    table_id: str
+    view_id: str | None = None
+    attachment_fields: list[str] = field(default_factory=list)  # names or ids; empty: all attachment fields
+    page_size: int = PAGE_SIZE
+
+
+class FeishuBackend:
+    """A Backend (see tasks/backends) over a Bitable table: one download item per attachment cell file.
+
+    Item key: `record_id/field_id/file_token` (stable); local path: from the naming rules."""
+
+    def __init__(self, source: BitableSource, client: FeishuClient, engine: Engine, naming: AttachmentNaming):
+        self.source, self.client, self.engine, self.naming = source, client, engine, naming
+        self.links = LinkBroker(client, source.table_id)
+        self._fields: dict[str, str] | None = None  # attachment field name → id
+
+    def check(self) -> None:
+        self._fields = self.engine.run(self._attachment_fields())
+
+    async def _attachment_fields(self) -> dict[str, str]:
+        s = self.source
+        fields = await self.client.fields(s.app_token, s.table_id)
+        names = {f.get("field_name", ""): f for f in fields}
+        attachments = {f["field_name"]: f["field_id"] for f in fields if f.get("type") == ATTACHMENT_TYPE}
+        if not attachments:
+            raise UsageError(f"table {s.table_id} has no attachment field")
+        chosen = {}
+        for wanted in s.attachment_fields:
+            match = [n for n, fid in attachments.items() if wanted in (n, fid)]
+            if not match:
+                raise UsageError(f"{wanted!r} is not an attachment field of the table"
+                                 f" (attachment fields: {', '.join(attachments)})")
+            chosen[match[0]] = attachments[match[0]]
+        for rule in self.naming.name_fields + self.naming.folder_fields:
+            if rule not in names:
+                raise UsageError(f"naming field {rule!r} is not a field of the table")
+        return chosen or attachments
+
+    def list_page(self, token: str | None) -> Page:
+        if self._fields is None:
+            self.check()
+        s = self.source
+        records, next_token = self.engine.run(self.client.records(s.app_token, s.table_id, s.view_id, token,
+                                                                        s.page_size))
+        objects, expected = [], []
+        for record in records:
+            values = record.get("fields") or {}
+            for name, field_id in self._fields.items():
+                for cell in values.get(name) or []:
+                    if not isinstance(cell, dict) or not cell.get("file_token"):
+                        continue
+                    att = Attachment(cell["file_token"], field_id, record.get("record_id", ""))
+                    objects.append(RemoteObject(f"{att.record_id}/{field_id}/{att.file_token}",
+                                                int(cell.get("size") or 0),
+                                                path=self.naming.place(values, cell.get("name", ""))))
+                    expected.append(att)
+        self.links.expect(expected)
+        return Page(objects, next_token)
+
+    def signer(self, key: str):
+        record_id, field_id, file_token = key.split("/", 2)
+        att = Attachment(file_token, field_id, record_id)
+        return lambda refresh: self.links.link(att, refresh)
+
+    def link_expired(self, err: HTTPStatusError) -> bool:
+        return err.status in LINK_STATUSES
+
+    def folders(self) -> list[str]:
+        return []

@@ -1,0 +1,167 @@
+"""End to end: `python -m flows.feishu` against the fake Feishu Open API over real HTTP."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from infra.feishu_server import GOOD_TOKEN, FeishuServer
+from tests.conftest import ROOT
+
+FIELDS = [{"field_id": "fAtt", "field_name": "附件", "type": 17},
+          {"field_id": "fAtt2", "field_name": "备注附件", "type": 17},
+          {"field_id": "fName", "field_name": "名称", "type": 1},
+          {"field_id": "fCat", "field_name": "类别", "type": 3},
+          {"field_id": "fTag", "field_name": "标签", "type": 4}]
+
+
+@pytest.fixture
+def feishu():
+    with FeishuServer() as server:
+        yield server
+
+
+def data(name: str, size: int = 3000) -> bytes:
+    seed = hashlib.sha256(name.encode()).digest()
+    return (seed * (size // 32 + 1))[:size]
+
+
+def run_feishu(fs: FeishuServer, out: Path, *extra: str, prefect_api: str, token: str = GOOD_TOKEN,
+               app: str = "app", table: str = "tbl") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PERSONAL_BASE_TOKEN=token, PREFECT_API_URL=prefect_api)
+    return subprocess.run([sys.executable, "-m", "flows.feishu", "--app-token", app, "--table-id", table,
+                           "--api-base-url", fs.base_url, "--output", str(out), "--retry-backoff", "0.05", *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith((".oss-", ".ossdl-"))}
+
+
+def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefect_api):
+    fs = feishu
+    fs.add_table("app", "tbl", FIELDS)
+    expected: dict[str, bytes] = {}
+
+    def att(name: str, path: str | None) -> dict:
+        cell = fs.add_file(data(name + str(len(expected))), name)
+        if path:
+            expected[path] = data(name + str(len(expected)))
+        return cell
+
+    fs.add_record("app", "tbl", "rec1", {"名称": "报告", "类别": "合同", "标签": ["2024"],
+                                         "附件": [att("a.pdf", "合同/2024/报告.pdf")],
+                                         "备注附件": [att("b.png", "合同/2024/报告.png")]})
+    fs.add_record("app", "tbl", "rec2", {"名称": "报告", "类别": "合同", "标签": ["2024"],
+                                         "附件": [att("c.pdf", "合同/2024/报告_1.pdf")]})
+    fs.add_record("app", "tbl", "rec3", {"名称": "../evil", "附件": [att("d.txt", "未分类/未分类/_evil.txt")]})
+    fs.add_record("app", "tbl", "rec4", {"类别": "图片", "标签": ["x", "y"],
+                                         "附件": [att("photo.jpg", "图片/x-y/photo.jpg")]})
+    fs.add_record("app", "tbl", "rec5", {"名称": [{"type": "text", "text": "A/B"}], "类别": "合同", "标签": ["2024"],
+                                         "附件": [att("same.jpg", "合同/2024/A_B.jpg"),
+                                                  att("same.jpg", "合同/2024/A_B_1.jpg")]})
+    fs.add_record("app", "tbl", "rec6", {"名称": "no files"})
+    fs.add_record("app", "tbl", "rec7", {"名称": "报告", "类别": "合同", "标签": ["2024"],
+                                         "附件": [att("e.PDF", "合同/2024/报告_2.PDF")]})
+    fs.link_ttl = 0.3  # links fetched ahead of use expire before their turn: refreshed, then downloaded
+
+    out = tmp_path / "out"
+    result = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--zip",
+                        "--page-size", "3", "--concurrency", "1", "--job-name", "合同附件", prefect_api=prefect_api)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = out / "合同附件"
+    assert files_under(job) == expected
+    assert fs.counters["expired_hits"] > 0
+    with zipfile.ZipFile(out / "合同附件.zip") as archive:
+        assert archive.testzip() is None
+        assert {n: archive.read(n) for n in archive.namelist()} == {f"合同附件/{k}": v for k, v in expected.items()}
+    assert fs.auth_headers_seen and all(h == f"Bearer {GOOD_TOKEN}" for h in fs.auth_headers_seen)
+    assert GOOD_TOKEN not in result.stdout + result.stderr
+
+    # A rerun finds everything present and fetches nothing.
+    before = fs.counters["media_gets"]
+    again = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--page-size", "3",
+                       "--job-name", "合同附件", prefect_api=prefect_api)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already present   8" in again.stdout
+    assert fs.counters["media_gets"] == before
+
+
+def test_deleted_and_denied_files_fail_with_reasons_rate_limits_are_retried(feishu, tmp_path, prefect_api):
+    fs = feishu
+    fs.add_table("app", "tbl", FIELDS)
+    cells = [fs.add_file(data(f"f{i}"), f"f{i}.bin") for i in range(12)]
+    for i, cell in enumerate(cells):
+        fs.add_record("app", "tbl", f"rec{i}", {"附件": [cell]})
+    fs.delete_file(cells[0]["file_token"])
+    fs.deny_file(cells[1]["file_token"])
+    fs.add_fault(cells[2]["file_token"], "status", status=503, times=1)
+    fs.add_fault(cells[3]["file_token"], "reset", times=1)
+
+    out = tmp_path / "out"
+    # The client may go faster than the server allows: the answers are 429s, retried with backoff.
+    result = run_feishu(fs, out, "--api-requests-per-second", "50", "--page-size", "4", "--concurrency", "4",
+                        prefect_api=prefect_api)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert fs.counters["rate_limited"] > 0
+    job = out / "tbl"
+    assert files_under(job) == {f"f{i}.bin": data(f"f{i}") for i in range(2, 12)}
+    with open(job / ".oss-failed.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["key", "last_error", "retry_count", "path"]
+    by_path = {r[3]: r for r in rows[1:]}
+    assert set(by_path) == {"f0.bin", "f1.bin"}
+    assert by_path["f0.bin"][0] == f"rec0/fAtt/{cells[0]['file_token']}"
+    assert "deleted" in by_path["f0.bin"][1] and by_path["f0.bin"][2] == "1"
+    assert "403" in by_path["f1.bin"][1] and by_path["f1.bin"][2] == "1"
+    assert fs.get_count(cells[0]["file_token"]) == 2  # first link, then one refreshed link; never retried
+
+
+def test_wrong_or_missing_token_is_one_line_and_exit_2(feishu, tmp_path, prefect_api):
+    feishu.add_table("app", "tbl", FIELDS)
+    wrong = "pt-" + uuid.uuid4().hex
+    result = run_feishu(feishu, tmp_path / "o", prefect_api=prefect_api, token=wrong)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "personal base token" in lines[0], result.stderr
+    assert wrong not in result.stdout + result.stderr
+
+    missing = run_feishu(feishu, tmp_path / "o", prefect_api=prefect_api, token="")
+    assert missing.returncode == 2 and "PERSONAL_BASE_TOKEN" in missing.stderr
+    unknown_field = run_feishu(feishu, tmp_path / "o", "--attachment-fields", "nope", prefect_api=prefect_api)
+    assert unknown_field.returncode == 2 and "附件" in unknown_field.stderr
+
+
+def test_kill_9_mid_run_then_rerun_resumes(feishu, tmp_path, prefect_api):
+    fs = feishu
+    fs.add_table("app", "tbl", FIELDS)
+    cells = [fs.add_file(data(f"k{i}", 40_000), f"k{i:02d}.bin") for i in range(30)]
+    for i, cell in enumerate(cells):
+        fs.add_record("app", "tbl", f"rec{i}", {"附件": [cell]})
+        fs.add_fault(cell["file_token"], "delay", seconds=0.3)
+    out = tmp_path / "out"
+    env = dict(os.environ, PERSONAL_BASE_TOKEN=GOOD_TOKEN, PREFECT_API_URL=prefect_api)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.feishu", "--app-token", "app", "--table-id", "tbl",
+                             "--api-base-url", fs.base_url, "--output", str(out), "--concurrency", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(list((out / "tbl").glob("*.bin"))) < 6:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert 6 <= len(list((out / "tbl").glob("*.bin"))) < 30, "the run was not interrupted mid-way"
+
+    fs.clear_faults()
+    result = run_feishu(fs, out, prefect_api=prefect_api)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert files_under(out / "tbl") == {f"k{i:02d}.bin": data(f"k{i}", 40_000) for i in range(30)}
+    assert not list((out / "tbl").glob(".ossdl-*"))
