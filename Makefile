@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test demo server worker deploy clean
+.PHONY: venv test demo bench server worker deploy clean
 
 venv: $(VENV)/.installed
 
@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 test: venv
 	$(PY) -m pytest -q
 
+BACKEND ?= s3
 demo: venv
-	$(PY) -m infra.demo
+	BACKEND=$(BACKEND) $(PY) -m infra.demo
+
+# Side-by-side benchmark against rclone, s5cmd and aws cli on a local SeaweedFS (see bench/README.md).
+bench: venv
+	$(PY) -m bench.run
 
 # A Prefect server on loopback (SQLite in PREFECT_HOME; for PostgreSQL set
 # PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://user:pass@host/db).

@@ -434,15 +434,15 @@ def profile_product(sc: Scenario, ctx: Context, pyspy: str, top: int = 25) -> st
     if not raw.exists():
         return f"py-spy failed (exit {done.returncode}): {done.stderr[-500:]}"
     own, total, samples = defaultdict(int), defaultdict(int), 0
-    threads = defaultdict(int)
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
         samples += n
-        frames = stack.split(";")
-        threads[frames[0].split(" ")[0] if frames else "?"] += n
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]  # --subprocesses' root frame
+        if not frames:
+            continue
         own[_frame(frames[-1])] += n
         for fr in {_frame(f) for f in frames}:
             total[fr] += n
@@ -459,8 +459,13 @@ def profile_product(sc: Scenario, ctx: Context, pyspy: str, top: int = 25) -> st
             f"({wall:.1f}s under the profiler, {samples} samples of non-idle threads; the raw stacks are in "
             f"{raw.relative_to(ROOT)}).", ""]
     return "\n".join(head + block(own, "Own time (leaf frames)") + [""]
-                     + block({k: v for k, v in total.items() if not k.startswith(("<module>", "_run_module"))},
+                     + block({k: v for k, v in total.items() if not k.startswith(_GENERIC)},
                              "Total time (frame anywhere on the stack)"))
+
+
+_GENERIC = ("<module>", "_run_module", "_run_code", "Thread._bootstrap", "Thread.run", "_find_and_load",
+            "_load_unlocked", "_call_with_frames_removed", "_LoaderBasics.exec_module", "_handle_fromlist",
+            "BaseEventLoop.run_forever", "BaseEventLoop._run_once", "Handle._run")
 
 
 def _frame(frame: str) -> str:

@@ -569,7 +569,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET":
             fault = oss._count_get_and_take_fault(bucket_name, key)
             if fault and fault.kind == "status":
-                raise _OssError(fault.status, fault.code, "Injected fault.")
+                raise _OssError(fault.status, fault.code, "injected fault")
             if fault and fault.kind == "reset":
                 self._reset()
                 return

@@ -109,6 +109,7 @@ def _then_close(half: bytes, sock: socket.socket):
 
 class MotoS3(ThreadedMotoServer):
     """ThreadedMotoServer on 127.0.0.1 and a free port, with `add_fault` and request counters."""
+    backend = "s3"
 
     def __init__(self):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)

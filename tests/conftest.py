@@ -12,10 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from infra import oss_server  # noqa: E402
 from infra.s3_server import ACCESS_KEY, SECRET_KEY, MotoS3  # noqa: E402
 
-os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
-for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1",
+                  OSS_ACCESS_KEY_ID=oss_server.ACCESS_KEY, OSS_ACCESS_KEY_SECRET=oss_server.SECRET_KEY)
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "OSS_SESSION_TOKEN"):
     os.environ.pop(var, None)
 
 
@@ -34,12 +36,56 @@ def s3():
         yield server
 
 
+class OssStore:
+    """The OSS-protocol server behind the small interface the end-to-end tests use for moto's S3 server."""
+    backend = "oss"
+
+    def __init__(self, server: oss_server.OssServer):
+        self.server = server
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    def client(self) -> "OssStore":
+        return self
+
+    def create_bucket(self, Bucket: str) -> None:  # noqa: N803 - boto3's spelling, so tests read the same
+        self.server.create_bucket(Bucket)
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:  # noqa: N803
+        self.server.put(Bucket, Key, Body)
+
+    def add_fault(self, bucket: str, key: str, kind: str, **kwargs) -> None:
+        self.server.add_fault(bucket, key, kind, **kwargs)
+
+    def clear_faults(self) -> None:
+        self.server.clear_faults()
+
+    def get_count(self, bucket: str, key: str) -> int:
+        return self.server.get_count(bucket, key)
+
+
+@pytest.fixture(scope="session")
+def oss():
+    with oss_server.OssServer() as server:
+        yield server
+
+
 @pytest.fixture
-def bucket(s3):
+def store(request):
+    """The store under test: moto's S3 server by default; `indirect` parametrization picks "oss"."""
+    if getattr(request, "param", "s3") == "oss":
+        return OssStore(request.getfixturevalue("oss"))
+    return request.getfixturevalue("s3")
+
+
+@pytest.fixture
+def bucket(store):
     name = "b-" + uuid.uuid4().hex[:12]
-    s3.client().create_bucket(Bucket=name)
+    store.client().create_bucket(Bucket=name)
     yield name
-    s3.clear_faults()
+    store.clear_faults()
 
 
 def run_cli(args: list[str], prefect_api: str | None = None, timeout: float = 240, **env) -> subprocess.CompletedProcess:

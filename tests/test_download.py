@@ -1,4 +1,5 @@
-"""End to end against moto's real HTTP S3 server: the CLI as users run it, and the flow's artifacts."""
+"""End to end against real HTTP servers — moto's S3 server (boto3 backend) and the OSS-protocol server (oss2
+backend): the CLI as users run it, and the flow's artifacts. Tests marked `both` run once per backend."""
 from __future__ import annotations
 
 import csv
@@ -25,12 +26,15 @@ def body(key: str, size: int | None = None) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-def put(s3, bucket, key, data=None):
-    s3.client().put_object(Bucket=bucket, Key=key, Body=body(key) if data is None else data)
+def put(store, bucket, key, data=None):
+    store.client().put_object(Bucket=bucket, Key=key, Body=body(key) if data is None else data)
 
 
-def args(s3, bucket, out, *extra, prefix="data/"):
-    return ["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", prefix, "--output", str(out),
+both = pytest.mark.parametrize("store", ["s3", "oss"], indirect=True)
+
+
+def args(store, bucket, out, *extra, prefix="data/"):
+    return ["--backend", store.backend, "--endpoint", store.endpoint, "--bucket", bucket, "--prefix", prefix, "--output", str(out),
             "--concurrency", "8", "--retry-backoff", "0.05", "--yes", *extra]
 
 
@@ -44,33 +48,34 @@ def local_files(out: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.startswith(".oss-")}
 
 
-def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(s3, bucket, tmp_path, prefect_api):
+@both
+def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(store, bucket, tmp_path, prefect_api):
     expected = {}
     keys = [f"data/page/{i:04d}.bin" for i in range(1005)] + [f"data/{k}" for k in TRICKY]
     for key in keys:
-        put(s3, bucket, key)
+        put(store, bucket, key)
         expected[key[len("data/"):]] = body(key)
-    put(s3, bucket, "data/empty.txt", b"")
+    put(store, bucket, "data/empty.txt", b"")
     expected["empty.txt"] = b""
     big = os.urandom(24 * 1024 * 1024)
-    put(s3, bucket, "data/large/big.bin", big)
+    put(store, bucket, "data/large/big.bin", big)
     expected["large/big.bin"] = big
-    put(s3, bucket, "data/folder/", b"")        # folder marker: skipped silently
-    put(s3, bucket, "data/../escape.txt", b"x")  # never written outside --output
-    put(s3, bucket, "data/a//b.txt", b"x")
-    put(s3, bucket, "data/conflict", b"file")    # both a file and a folder: one of them fails
-    put(s3, bucket, "data/conflict/inner.txt", b"inner")
-    put(s3, bucket, "other/not-selected.txt", b"x")
+    put(store, bucket, "data/folder/", b"")        # folder marker: skipped silently
+    put(store, bucket, "data/../escape.txt", b"x")  # never written outside --output
+    put(store, bucket, "data/a//b.txt", b"x")
+    put(store, bucket, "data/conflict", b"file")    # both a file and a folder: one of them fails
+    put(store, bucket, "data/conflict/inner.txt", b"inner")
+    put(store, bucket, "other/not-selected.txt", b"x")
 
     out = tmp_path / "out"
-    result = run_cli(args(s3, bucket, out), prefect_api)
+    result = run_cli(args(store, bucket, out), prefect_api)
     assert result.returncode == 1, result.stderr[-3000:]
     files = local_files(out)
     for rel, data in expected.items():
         assert files[rel] == data, rel
     assert not (tmp_path / "escape.txt").exists() and not any("escape" in k for k in files)
     assert "folder" not in files and (out / "folder").is_dir() is False
-    assert s3.get_count(bucket, "data/large/big.bin") >= 3  # fetched as parallel ranged parts
+    assert store.get_count(bucket, "data/large/big.bin") >= 3  # fetched as parallel ranged parts
 
     rows = read_csv(out)
     assert rows[0] == ["key", "last_error", "retry_count"]
@@ -85,20 +90,21 @@ def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(s3, bucket, tmp_pa
     assert not list(out.rglob(".ossdl-*"))
 
 
-def test_faults_two_rounds_and_exact_csv(s3, bucket, tmp_path, prefect_api):
+@both
+def test_faults_two_rounds_and_exact_csv(store, bucket, tmp_path, prefect_api):
     keys = ["data/f/ok503", "data/f/always500", "data/f/denied", "data/f/reset", "data/f/trunc", "data/f/slow",
             "data/f/fine"]
     for key in keys:
-        put(s3, bucket, key, body(key, 20000))
-    s3.add_fault(bucket, "data/f/ok503", "status", status=503, code="SlowDown", times=1)
-    s3.add_fault(bucket, "data/f/always500", "status", status=500, code="InternalError")
-    s3.add_fault(bucket, "data/f/denied", "status", status=403, code="AccessDenied")
-    s3.add_fault(bucket, "data/f/reset", "reset", times=1)
-    s3.add_fault(bucket, "data/f/trunc", "truncate", times=1)
-    s3.add_fault(bucket, "data/f/slow", "delay", seconds=1.5, times=1)
+        put(store, bucket, key, body(key, 20000))
+    store.add_fault(bucket, "data/f/ok503", "status", status=503, code="SlowDown", times=1)
+    store.add_fault(bucket, "data/f/always500", "status", status=500, code="InternalError")
+    store.add_fault(bucket, "data/f/denied", "status", status=403, code="AccessDenied")
+    store.add_fault(bucket, "data/f/reset", "reset", times=1)
+    store.add_fault(bucket, "data/f/trunc", "truncate", times=1)
+    store.add_fault(bucket, "data/f/slow", "delay", seconds=1.5, times=1)
 
     out = tmp_path / "out"
-    result = run_cli(args(s3, bucket, out, "--read-timeout", "0.5"), prefect_api)
+    result = run_cli(args(store, bucket, out, "--read-timeout", "0.5"), prefect_api)
     assert result.returncode == 1, result.stderr[-3000:]
     assert read_csv(out) == [
         ["key", "last_error", "retry_count"],
@@ -108,65 +114,68 @@ def test_faults_two_rounds_and_exact_csv(s3, bucket, tmp_path, prefect_api):
     files = local_files(out)
     for key in ["data/f/ok503", "data/f/reset", "data/f/trunc", "data/f/slow", "data/f/fine"]:
         assert files[key[len("data/"):]] == body(key, 20000), key
-    assert s3.get_count(bucket, "data/f/always500") == 3
-    assert s3.get_count(bucket, "data/f/denied") == 1
-    assert s3.get_count(bucket, "data/f/fine") == 1
+    assert store.get_count(bucket, "data/f/always500") == 3
+    assert store.get_count(bucket, "data/f/denied") == 1
+    assert store.get_count(bucket, "data/f/fine") == 1
 
     # The store recovers: a rerun fetches only what failed and removes the CSV.
-    s3.clear_faults()
-    again = run_cli(args(s3, bucket, out), prefect_api)
+    store.clear_faults()
+    again = run_cli(args(store, bucket, out), prefect_api)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (out / ".oss-failed.csv").exists()
-    assert s3.get_count(bucket, "data/f/fine") == 0
-    assert s3.get_count(bucket, "data/f/always500") == 1 and s3.get_count(bucket, "data/f/denied") == 1
+    assert store.get_count(bucket, "data/f/fine") == 0
+    assert store.get_count(bucket, "data/f/always500") == 1 and store.get_count(bucket, "data/f/denied") == 1
 
 
-def test_max_attempts_one_means_no_round_two(s3, bucket, tmp_path, prefect_api):
-    put(s3, bucket, "data/x", b"x" * 100)
-    s3.add_fault(bucket, "data/x", "status", status=503, code="SlowDown", times=1)
-    result = run_cli(args(s3, bucket, tmp_path, "--max-attempts", "1"), prefect_api)
+@both
+def test_max_attempts_one_means_no_round_two(store, bucket, tmp_path, prefect_api):
+    put(store, bucket, "data/x", b"x" * 100)
+    store.add_fault(bucket, "data/x", "status", status=503, code="SlowDown", times=1)
+    result = run_cli(args(store, bucket, tmp_path, "--max-attempts", "1"), prefect_api)
     assert result.returncode == 1
     assert read_csv(tmp_path)[1] == ["data/x", "HTTP 503 SlowDown: injected fault", "1"]
 
 
-def test_filter_dry_run_and_resume_without_refetch(s3, bucket, tmp_path, prefect_api):
+@both
+def test_filter_dry_run_and_resume_without_refetch(store, bucket, tmp_path, prefect_api):
     for key in ["data/a.JPG", "data/b.png", "data/c.txt", "data/d/e.jpg"]:
-        put(s3, bucket, key)
+        put(store, bucket, key)
     out = tmp_path / "out"
 
-    preview = run_cli(args(s3, bucket, out, "--dry-run", "--include-suffix", ".jpg,.PNG"), prefect_api)
+    preview = run_cli(args(store, bucket, out, "--dry-run", "--include-suffix", ".jpg,.PNG"), prefect_api)
     assert preview.returncode == 0, preview.stderr[-3000:]
     assert "Preview: 3 objects" in preview.stdout and "1 filtered out" in preview.stdout
     assert "data/d/e.jpg" in preview.stdout
     assert not local_files(out)
-    assert s3.get_count(bucket, "data/a.JPG") == 0
+    assert store.get_count(bucket, "data/a.JPG") == 0
 
-    first = run_cli(args(s3, bucket, out, "--include-suffix", ".jpg,.PNG"), prefect_api)
+    first = run_cli(args(store, bucket, out, "--include-suffix", ".jpg,.PNG"), prefect_api)
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(local_files(out)) == ["a.JPG", "b.png", "d/e.jpg"]
 
     # Rerun: nothing refetched; a changed object and a deleted local file are fetched again.
-    put(s3, bucket, "data/b.png", b"changed")
+    put(store, bucket, "data/b.png", b"changed")
     (out / "d" / "e.jpg").unlink()
-    s3.clear_faults()
-    second = run_cli(args(s3, bucket, out, "--include-suffix", ".jpg,.png"), prefect_api)
+    store.clear_faults()
+    second = run_cli(args(store, bucket, out, "--include-suffix", ".jpg,.png"), prefect_api)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert s3.get_count(bucket, "data/a.JPG") == 0
-    assert s3.get_count(bucket, "data/b.png") == 1 and s3.get_count(bucket, "data/d/e.jpg") == 1
+    assert store.get_count(bucket, "data/a.JPG") == 0
+    assert store.get_count(bucket, "data/b.png") == 1 and store.get_count(bucket, "data/d/e.jpg") == 1
     assert (out / "b.png").read_bytes() == b"changed"
     assert "already present   1" in second.stdout
 
 
-def test_kill_9_mid_run_then_rerun_is_byte_identical(s3, bucket, tmp_path, prefect_api):
+@both
+def test_kill_9_mid_run_then_rerun_is_byte_identical(store, bucket, tmp_path, prefect_api):
     keys = [f"data/k/{i:03d}.bin" for i in range(60)]
     for key in keys:
-        put(s3, bucket, key, body(key, 50_000))
-        s3.add_fault(bucket, key, "delay", seconds=0.15)
+        put(store, bucket, key, body(key, 50_000))
+        store.add_fault(bucket, key, "delay", seconds=0.15)
     big = os.urandom(20 * 1024 * 1024)
-    put(s3, bucket, "data/k/big.bin", big)
+    put(store, bucket, "data/k/big.bin", big)
     out = tmp_path / "out"
     env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.download", *args(s3, bucket, out, "--concurrency", "3")],
+    proc = subprocess.Popen([sys.executable, "-m", "flows.download", *args(store, bucket, out, "--concurrency", "3")],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(list((out / "k").glob("*.bin"))) < 10:
@@ -175,22 +184,23 @@ def test_kill_9_mid_run_then_rerun_is_byte_identical(s3, bucket, tmp_path, prefe
     proc.wait()
     assert 10 <= len(list((out / "k").glob("*.bin"))) < 61, "the run was not interrupted mid-way"
 
-    s3.clear_faults()
-    result = run_cli(args(s3, bucket, out), prefect_api)
+    store.clear_faults()
+    result = run_cli(args(store, bucket, out), prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
     files = local_files(out)
     assert files == {**{k[len("data/"):]: body(k, 50_000) for k in keys}, "k/big.bin": big}
     assert not [p for p in out.rglob(".ossdl-*")]
 
 
-def test_ctrl_c_exits_130_and_the_same_command_resumes(s3, bucket, tmp_path, prefect_api):
+@both
+def test_ctrl_c_exits_130_and_the_same_command_resumes(store, bucket, tmp_path, prefect_api):
     keys = [f"data/c/{i:03d}" for i in range(40)]
     for key in keys:
-        put(s3, bucket, key, body(key, 1000))
-        s3.add_fault(bucket, key, "delay", seconds=0.2)
+        put(store, bucket, key, body(key, 1000))
+        store.add_fault(bucket, key, "delay", seconds=0.2)
     out = tmp_path / "out"
     env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.download", *args(s3, bucket, out, "--concurrency", "2")],
+    proc = subprocess.Popen([sys.executable, "-m", "flows.download", *args(store, bucket, out, "--concurrency", "2")],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(list(out.glob("c/*"))) < 4:
@@ -201,30 +211,30 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(s3, bucket, tmp_path, pre
     assert proc.returncode == 130, err[-3000:]
     assert time.monotonic() - stopped < 5
     assert "resumes" in err and "Traceback" not in err
-    s3.clear_faults()
-    result = run_cli(args(s3, bucket, out), prefect_api)
+    store.clear_faults()
+    result = run_cli(args(store, bucket, out), prefect_api)
     assert result.returncode == 0
     assert local_files(out) == {k[len("data/"):]: body(k, 1000) for k in keys}
 
 
-def test_requests_in_flight_never_exceed_concurrency(s3, bucket, tmp_path, prefect_api):
+def test_requests_in_flight_never_exceed_concurrency(store, bucket, tmp_path, prefect_api):
     for i in range(30):
-        put(s3, bucket, f"data/p/{i}", b"x" * 10)
-        s3.add_fault(bucket, f"data/p/{i}", "delay", seconds=0.2)
-    s3.injector.max_in_flight = 0
-    result = run_cli(args(s3, bucket, tmp_path, "--concurrency", "4"), prefect_api)
+        put(store, bucket, f"data/p/{i}", b"x" * 10)
+        store.add_fault(bucket, f"data/p/{i}", "delay", seconds=0.2)
+    store.injector.max_in_flight = 0
+    result = run_cli(args(store, bucket, tmp_path, "--concurrency", "4"), prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert s3.max_in_flight == 4
+    assert store.max_in_flight == 4
 
 
-def test_max_requests_per_second_spaces_requests(s3, bucket, tmp_path, prefect_api):
+def test_max_requests_per_second_spaces_requests(store, bucket, tmp_path, prefect_api):
     for i in range(20):
-        put(s3, bucket, f"data/r/{i}", b"x" * 10)
-    s3.clear_faults()
-    result = run_cli(args(s3, bucket, tmp_path, "--concurrency", "16", "--max-requests-per-second", "10"),
+        put(store, bucket, f"data/r/{i}", b"x" * 10)
+    store.clear_faults()
+    result = run_cli(args(store, bucket, tmp_path, "--concurrency", "16", "--max-requests-per-second", "10"),
                      prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
-    starts = sorted(s3.injector.starts)
+    starts = sorted(store.injector.starts)
     # 1 check + 1 listing + 20 GETs: the run's 21 limited requests span at least 2 s at 10/s.
     assert len(starts) == 22 and starts[-1] - starts[1] >= 1.95
 
@@ -236,18 +246,18 @@ def test_max_requests_per_second_spaces_requests(s3, bucket, tmp_path, prefect_a
     (["--concurrency", "many"], "invalid int value"),
     (["--max-attempts", "0"], "--max-attempts"),
 ])
-def test_bad_flags_exit_2(s3, bucket, tmp_path, extra, message):
-    result = run_cli(args(s3, bucket, tmp_path) + extra)
+def test_bad_flags_exit_2(store, bucket, tmp_path, extra, message):
+    result = run_cli(args(store, bucket, tmp_path) + extra)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bad_input_gives_one_line_and_exit_2(s3, bucket, tmp_path):
+def test_bad_input_gives_one_line_and_exit_2(store, bucket, tmp_path):
     cases = [
         (["--output", str(tmp_path)], "--bucket is required"),
-        (["--endpoint", s3.endpoint, "--bucket", "no-such-bucket-here", "--output", str(tmp_path)], "not found"),
+        (["--endpoint", store.endpoint, "--bucket", "no-such-bucket-here", "--output", str(tmp_path)], "not found"),
         (["--endpoint", "http://127.0.0.1:9", "--bucket", bucket, "--output", str(tmp_path)], "cannot reach"),
-        (["--endpoint", s3.endpoint, "--bucket", bucket, "--output", "/proc/forbidden"], "not writable"),
+        (["--endpoint", store.endpoint, "--bucket", bucket, "--output", "/proc/forbidden"], "not writable"),
     ]
     for argv, message in cases:
         result = run_cli(argv + ["--yes"])
@@ -257,7 +267,7 @@ def test_bad_input_gives_one_line_and_exit_2(s3, bucket, tmp_path):
         assert "Traceback" not in result.stderr
 
 
-def test_flow_publishes_summary_and_failure_artifacts(s3, bucket, tmp_path, prefect_api):
+def test_flow_publishes_summary_and_failure_artifacts(store, bucket, tmp_path, prefect_api):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -265,9 +275,9 @@ def test_flow_publishes_summary_and_failure_artifacts(s3, bucket, tmp_path, pref
     from flows.params import DownloadParams
 
     for i in range(5):
-        put(s3, bucket, f"data/{i}.txt", b"x" * 1000)
-    s3.add_fault(bucket, "data/3.txt", "status", status=404, code="NoSuchKey")
-    params = DownloadParams(endpoint=s3.endpoint, bucket=bucket, prefix="data/", output=str(tmp_path),
+        put(store, bucket, f"data/{i}.txt", b"x" * 1000)
+    store.add_fault(bucket, "data/3.txt", "status", status=404, code="NoSuchKey")
+    params = DownloadParams(endpoint=store.endpoint, bucket=bucket, prefix="data/", output=str(tmp_path),
                             retry_backoff=0.01)
     state = download_objects(params, return_state=True)
     summary = state.result()
