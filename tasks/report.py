@@ -98,11 +98,11 @@ class Preview:
             self.count += 1
             self.total_bytes += obj.size
             if len(self.first) < 20:
-                self.first.append((obj.key, obj.size))
+                self.first.append((obj.path or obj.key, obj.size))
             if len(self.largest) < 5:
-                heapq.heappush(self.largest, (obj.size, obj.key))
+                heapq.heappush(self.largest, (obj.size, obj.path or obj.key))
             elif obj.size > self.largest[0][0]:
-                heapq.heapreplace(self.largest, (obj.size, obj.key))
+                heapq.heapreplace(self.largest, (obj.size, obj.path or obj.key))
 
     def text(self) -> str:
         lines = [f"Preview: {self.count} objects, {human_bytes(self.total_bytes)}"

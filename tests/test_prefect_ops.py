@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_download_s3 import body, local_files, put, read_csv
+from tests.test_download import body, local_files, put, read_csv
 
 SECRET = "Sup3r-Secret-Value-9f2c"
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -7,7 +7,7 @@ import sys
 import pexpect
 
 from tests.conftest import ROOT
-from tests.test_download_s3 import body, local_files, put
+from tests.test_download import body, local_files, put
 
 DOWN, ENTER, BACKSPACE = "\x1b[B", "\r", "\x7f"
 ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
