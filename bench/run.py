@@ -536,9 +536,24 @@ def main(argv=None) -> int:
     commands: dict[str, str] = {}
     weed = Weed(args.data_dir / "weed")
     server = PrefectServer(Path(tempfile.mkdtemp(prefix="bench-prefect-")))
+    info["versions"] = versions(bins, weed.weed)
+    info["prefect_mode"] = ("a running `prefect server start` on loopback (PREFECT_API_URL set) for every scenario; "
+                            "scenario 4 also with no PREFECT_API_URL (product-ephemeral: the product starts a "
+                            "temporary server itself; its PREFECT_HOME is kept between runs, so database migrations "
+                            "ran once in an unmeasured warm-up)")
     profile = None
     interrupted = False
     order: list[str] = []
+
+    def write_partial(done: list[int]) -> None:
+        """RESULTS.md after each scenario, so a long run that dies still leaves its numbers."""
+        info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        rows = summarize(runs, order)
+        left = [n for n in chosen if n not in done]
+        write_markdown(args.output_md, info, rows, scs, targets(rows, scs), commands,
+                       notes + ([f"partial: scenario(s) {', '.join(map(str, left))} still to run"] if left else []),
+                       None)
+
     try:
         log(f"starting SeaweedFS (data in {weed.data_dir}) …")
         weed.start()
@@ -584,6 +599,7 @@ def main(argv=None) -> int:
                         notes.append(f"aws cli on scenario 3 took {r.wall:.0f}s in round {rnd} (limit "
                                      f"{AWS_SKIP_SECONDS}s{'; killed' if r.note.startswith('timed out') else ''}): "
                                      f"not run in later rounds")
+            write_partial([n for n in chosen if n <= sc.number])
         rows = summarize(runs, order)
         tgts = targets(rows, scs)
         missed = [name for name, ok, _ in tgts if ok is False and name.startswith("Scenario 1")]
@@ -603,11 +619,6 @@ def main(argv=None) -> int:
     if interrupted and not runs:
         return 130
     info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    info["versions"] = versions(bins, weed.weed)
-    info["prefect_mode"] = ("a running `prefect server start` on loopback (PREFECT_API_URL set) for every scenario; "
-                            "scenario 4 also with no PREFECT_API_URL (product-ephemeral: the product starts a "
-                            "temporary server itself; its PREFECT_HOME is kept between runs, so database migrations "
-                            "ran once in an unmeasured warm-up)")
     notes.append("2-core machine shared with other work: timings are noisy; compare medians of alternated runs")
     if interrupted:
         notes.append("interrupted: partial results")

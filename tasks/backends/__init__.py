@@ -1,7 +1,7 @@
 """Backends list a bucket page by page and sign GET URLs; the transfer engine does the rest."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from tasks.errors import HTTPStatusError, UsageError
@@ -61,13 +61,23 @@ class Backend(Protocol):
         """The common prefixes one '/' level below the prefix, in key order (to split a job into shards)."""
 
 
+_made: dict[tuple, Backend] = {}
+
+
 def make_backend(config: StoreConfig) -> Backend:
+    """The backend for a config; one per config and process, because a boto3/oss2 client costs ~0.3 s
+    of CPU to build and the CLI's pre-flight check and the flow would otherwise build two."""
     if not config.bucket:
         raise UsageError("--bucket is required")
-    if config.backend == "s3":
-        from tasks.backends.s3 import S3Backend
-        return S3Backend(config)
-    if config.backend == "oss":
-        from tasks.backends.oss import OssBackend
-        return OssBackend(config)
-    raise UsageError(f"unknown backend {config.backend!r} (choose s3 or oss)")
+    key = tuple((f.name, tuple(sorted(config.credentials.items())) if f.name == "credentials"
+                 else getattr(config, f.name)) for f in fields(config))
+    if key not in _made:
+        if config.backend == "s3":
+            from tasks.backends.s3 import S3Backend
+            _made[key] = S3Backend(config)
+        elif config.backend == "oss":
+            from tasks.backends.oss import OssBackend
+            _made[key] = OssBackend(config)
+        else:
+            raise UsageError(f"unknown backend {config.backend!r} (choose s3 or oss)")
+    return _made[key]
