@@ -45,7 +45,8 @@ def download_all(backend: Backend, engine: Engine, manifest: Manifest, plan: Pla
     live, tally, pending = Live(), Tally(), deque()
     progress = Progress(live, engine, get_run_logger())
     for page_no, page in pages(backend, engine):
-        pending.append(units.download_batch.submit(engine, backend, manifest, plan, page.objects, live, page_no))
+        pending.append(units.download_batch.submit(engine, backend, manifest, plan, units.Listed(page.objects),
+                                                   live, page_no))
         _settle(pending, MAX_PENDING, tally, progress)
     _settle(pending, 0, tally, progress)
     if tally.failed and plan.max_attempts > 1:

@@ -450,11 +450,23 @@ def _resumable_bytes(tmp: Path, size: int) -> int:
     return have
 
 
+_made_folders: set[str] = set()  # a mkdir syscall per file is measurable when files are small
+
+
 def _open_in_folder(path: Path, mode: str):
     """open(), creating the folder first; a file where a folder should be fails as a file/folder conflict."""
-    if mode != "r+b":
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, mode)
+    folder = os.path.dirname(path)
+    if mode != "r+b" and folder not in _made_folders:
+        os.makedirs(folder, exist_ok=True)
+        _made_folders.add(folder)
+    try:
+        return open(path, mode)
+    except FileNotFoundError:  # the folder was removed since (another run, a user): make it again
+        _made_folders.discard(folder)
+        if mode == "r+b":
+            raise
+        os.makedirs(folder, exist_ok=True)
+        return open(path, mode)
 
 
 def _remove(path: Path) -> None:

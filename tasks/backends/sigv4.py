@@ -39,6 +39,7 @@ class FastPresigner:
         self._credentials_source = client._request_signer._credentials
         self._credentials_at = 0.0
         self._keys: dict[str, bytes] = {}
+        self._query: tuple[str, str, str] | None = None  # (amz_date, scope, query): the same for a second
         self._refresh_credentials()
         ours = self.url(PROBE_KEY, amz_date=query["X-Amz-Date"])
         if dict(parse_qsl(urlsplit(ours).query))["X-Amz-Signature"] != query["X-Amz-Signature"]:
@@ -51,6 +52,7 @@ class FastPresigner:
         self._pair = (frozen.access_key, frozen.secret_key)
         self._token = frozen.token
         self._credentials_at = time.monotonic()
+        self._query = None
 
     def _signing_key(self, datestamp: str) -> bytes:
         key = self._keys.get(datestamp)
@@ -61,16 +63,21 @@ class FastPresigner:
             self._keys[datestamp] = key
         return key
 
-    def url(self, key: str, amz_date: str | None = None) -> str:
-        if time.monotonic() - self._credentials_at > CREDENTIALS_TTL:
-            self._refresh_credentials()
-        amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    def _scope_and_query(self, amz_date: str) -> tuple[str, str]:
         scope = f"{amz_date[:8]}/{self.region}/{self.service}/aws4_request"
         params = [("X-Amz-Algorithm", "AWS4-HMAC-SHA256"), ("X-Amz-Credential", f"{self._pair[0]}/{scope}"),
                   ("X-Amz-Date", amz_date), ("X-Amz-Expires", str(self.ttl)), ("X-Amz-SignedHeaders", "host")]
         if self._token:
             params.append(("X-Amz-Security-Token", self._token))
-        query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params))
+        return scope, "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params))
+
+    def url(self, key: str, amz_date: str | None = None) -> str:
+        if time.monotonic() - self._credentials_at > CREDENTIALS_TTL:
+            self._refresh_credentials()
+        amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if self._query is None or self._query[0] != amz_date:
+            self._query = (amz_date, *self._scope_and_query(amz_date))
+        _, scope, query = self._query
         path = self.path_prefix + quote(key, safe="/~")
         canonical = f"GET\n{path}\n{query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
         to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
