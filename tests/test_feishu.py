@@ -51,9 +51,11 @@ def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefec
     fs = feishu
     fs.add_table("app", "tbl", FIELDS)
     expected: dict[str, bytes] = {}
+    cells: list[dict] = []
 
     def att(name: str, path: str | None) -> dict:
         cell = fs.add_file(data(name + str(len(expected))), name)
+        cells.append(cell)
         if path:
             expected[path] = data(name + str(len(expected)))
         return cell
@@ -72,7 +74,10 @@ def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefec
     fs.add_record("app", "tbl", "rec6", {"名称": "no files"})
     fs.add_record("app", "tbl", "rec7", {"名称": "报告", "类别": "合同", "标签": ["2024"],
                                          "附件": [att("e.PDF", "合同/2024/报告_2.PDF")]})
-    fs.link_ttl = 0.3  # links fetched ahead of use expire before their turn: refreshed, then downloaded
+    # Links are fetched five at a time; while the slow first file downloads, the others' links expire:
+    # they are refused, asked for again, then downloaded.
+    fs.link_ttl = 0.3
+    fs.add_fault(cells[0]["file_token"], "delay", seconds=0.6, times=1)
 
     out = tmp_path / "out"
     result = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--zip",
