@@ -135,3 +135,16 @@ def _kill_group(pgid: int) -> int:
         except OSError:
             pass
     return left
+
+
+def stop_group(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM a server started with start_new_session=True and its children; SIGKILL after `grace` s."""
+    if proc and proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass

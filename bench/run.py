@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -123,15 +122,7 @@ class PrefectServer:
         raise RuntimeError(f"prefect server did not answer /api/health in {timeout:.0f}s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+        measure.stop_group(self.proc, grace=30)
         self.proc = None
 
 
@@ -395,14 +386,15 @@ def write_markdown(path: Path, info: dict, rows: list[Row], scs: dict[int, Scena
     lines = ["# Benchmark results", "",
              f"- date: {info['date']}", f"- machine: `nproc` = {info['nproc']}, {info['mem_gb']} GiB RAM, "
              f"load average at start {info['load_start']}, at end {info['load_end']}",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
              f"- rounds: {info['rounds']} (tools in alternation A B C D A B C D …; statistics over measured rounds only)",
              f"- product's Prefect API: {info['prefect_mode']}",
-             f"- tuned settings (one tuning run each on scenario {info.get('tuned_on', '-')}): "
+             (f"- tuned settings (one tuning run each on scenario {info['tuned_on']}): " if info.get("tuned_on")
+              else "- settings (given with --no-tune or flags, not tuned): ")
              + ", ".join(f"{k} {v}" for k, v in info["settings"].items()),
-             f"- wall time and peak RSS of the whole process tree (RSS summed over the tree, polled every 0.1 s, and at "
-             f"least the largest single process's ru_maxrss); the running Prefect server's memory is not included",
-             f"- every run's download folder is counted: file count and total bytes must match the scenario",
+             "- wall time and peak RSS of the whole process tree (RSS summed over the tree, polled every 0.1 s, and at "
+             "least the largest single process's ru_maxrss); the running Prefect server's memory is not included",
+             "- every run's download folder is counted: file count and total bytes must match the scenario",
              "", "## Results", "", *table(rows, scs), "", "## Targets", ""]
     for name, ok, detail in tgts:
         lines.append(f"- {'✅' if ok else '❌'} {name}: {detail}")

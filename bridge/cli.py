@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -33,12 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def personal_base_token(given: str | None) -> str:
     if given:
         return given
-    try:
-        from dotenv import load_dotenv
-        load_dotenv(Path.cwd() / ".env")
-    except ImportError:
-        pass
-    return os.environ.get("PERSONAL_BASE_TOKEN", "")
+    from tasks.feishu import token_from_env
+    return token_from_env()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,15 +39,19 @@ def build_parser(prog: str = "python -m flows.download") -> argparse.ArgumentPar
     return p
 
 
-def params_from_values(values: dict):
-    """DownloadParams; ValueError naming the flag when a value is missing or out of range."""
-    from flows.params import DownloadParams
+def validated(model, values: dict):
+    """The parameter model built from flag values; ValueError naming the flag when one is missing or wrong."""
     try:
-        return DownloadParams(**values)
+        return model(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         flag = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
         raise ValueError(f"{flag}: {first['msg']}") from None
+
+
+def params_from_values(values: dict):
+    from flows.params import DownloadParams
+    return validated(DownloadParams, values)
 
 
 def params_from_args(args: argparse.Namespace, exclude=("yes",)):
@@ -64,9 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("error: --bucket is required", file=sys.stderr)
         return EXIT_USAGE
+    return exit_code(lambda: _run(given, yes, terminal))
+
+
+def exit_code(run) -> int:
+    """Run a command body and map what escapes it to the exit codes (2 usage, 130 Ctrl-C, 1 otherwise),
+    with one line on stderr and never a traceback."""
+    from tasks.errors import UsageError
     try:
-        return _run(given, yes, terminal)
-    except (ValueError, _usage_errors()) as exc:
+        return run()
+    except (ValueError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -77,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _usage_errors():
-    from tasks.errors import UsageError
-    return UsageError
+def print_result(result) -> int:
+    print(result.text())
+    return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
 
 
 def _run(given: dict, yes: bool, terminal: bool) -> int:
@@ -119,8 +130,7 @@ def _run(given: dict, yes: bool, terminal: bool) -> int:
             result = download_objects(params)
     else:
         result = download_objects(params)
-    print(result.text())
-    return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
+    return print_result(result)
 
 
 def _confirm_on_terminal(backend, params, output, yes: bool):

@@ -6,9 +6,7 @@ import logging
 import os
 import sys
 
-from pydantic import ValidationError
-
-from flows.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from flows.cli import exit_code, print_result, validated
 
 LISTS = ("attachment_fields", "name_fields", "folder_fields")
 
@@ -47,11 +45,7 @@ def params_from_args(values: dict):
     for name in LISTS:
         if name in values:
             values[name] = [v.strip() for v in values[name].split(",") if v.strip()]
-    try:
-        return FeishuParams(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    return validated(FeishuParams, values)
 
 
 def check_source(params) -> None:
@@ -69,24 +63,14 @@ def check_source(params) -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     values = vars(build_parser().parse_args(argv))
-    from tasks.errors import UsageError
-    try:
+
+    def run() -> int:
         params = params_from_args(values)
         check_source(params)
         logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
         from flows.feishu import download_attachments
-        result = download_attachments(params)
-    except (ValueError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\ninterrupted: the same command resumes where this run stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(result.text())
-    return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
+        return print_result(download_attachments(params))
+    return exit_code(run)
 
 
 if __name__ == "__main__":

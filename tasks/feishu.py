@@ -34,6 +34,13 @@ NOT_FOUND_CODES = {1254040: "base (app_token) not found", 1254041: "table not fo
                    1254042: "view not found", 1254045: "field not found"}
 
 
+def token_from_env() -> str:
+    """PERSONAL_BASE_TOKEN from the environment or ./.env ('' when unset)."""
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env")
+    return os.environ.get("PERSONAL_BASE_TOKEN", "").strip()
+
+
 def personal_base_token(block_name: str | None = None) -> str:
     """The token from a Prefect Secret block (by name), else PERSONAL_BASE_TOKEN from the env or ./.env."""
     if block_name:
@@ -48,9 +55,7 @@ def personal_base_token(block_name: str | None = None) -> str:
         if not value:
             raise UsageError(f"token block {block_name!r} holds no personal base token")
         return str(value)
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env")
-    token = os.environ.get("PERSONAL_BASE_TOKEN", "").strip()
+    token = token_from_env()
     if not token:
         raise UsageError("no personal base token: set PERSONAL_BASE_TOKEN (environment or .env)"
                          " or name a Prefect Secret block")

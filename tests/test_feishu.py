@@ -80,6 +80,12 @@ def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefec
     fs.add_fault(cells[0]["file_token"], "delay", seconds=0.6, times=1)
 
     out = tmp_path / "out"
+    preview = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--dry-run",
+                         "--job-name", "合同附件", prefect_api=prefect_api)
+    assert preview.returncode == 0, preview.stderr[-3000:]
+    assert "Preview: 8 objects" in preview.stdout and "合同/2024/报告_1.pdf" in preview.stdout  # paths, not ids
+    assert not files_under(out / "合同附件") and fs.counters["media_gets"] == 0
+
     result = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--zip",
                         "--page-size", "3", "--concurrency", "1", "--job-name", "合同附件", prefect_api=prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -170,3 +176,17 @@ def test_kill_9_mid_run_then_rerun_resumes(feishu, tmp_path, prefect_api):
     assert result.returncode == 0, result.stderr[-3000:]
     assert files_under(out / "tbl") == {f"k{i:02d}.bin": data(f"k{i}", 40_000) for i in range(30)}
     assert not list((out / "tbl").glob(".ossdl-*"))
+
+
+def test_token_from_a_prefect_secret_block(prefect_api):
+    from prefect.blocks.system import Secret
+
+    from tasks.errors import UsageError
+    from tasks.feishu import personal_base_token
+
+    Secret(value="pt-from-block").save("feishu-token-plain", overwrite=True)
+    Secret(value={"personal_base_token": "pt-from-json"}).save("feishu-token-json", overwrite=True)
+    assert personal_base_token("feishu-token-plain") == "pt-from-block"
+    assert personal_base_token("feishu-token-json") == "pt-from-json"
+    with pytest.raises(UsageError, match="not found"):
+        personal_base_token("no-such-block-" + uuid.uuid4().hex[:8])
