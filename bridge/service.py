@@ -18,8 +18,8 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from bridge import protocol as p
-from tasks.errors import DownloadError, HTTPStatusError, UsageError, as_download_error
-from tasks.feishu import DOMAINS, LINK_STATUSES, Attachment, FeishuClient, LinkBroker
+from tasks.errors import DownloadError, UsageError, as_download_error
+from tasks.feishu import DOMAINS, Attachment, FeishuClient, LinkBroker, link_expired
 from tasks.keys import FAILED_CSV_NAME, local_path, prepare_output
 from tasks.manifest import Manifest, Outcome
 from tasks.naming import UniquePaths, clean_segment
@@ -56,10 +56,6 @@ class BridgeSettings:
     feishu_base_url: str | None = None  # the Open API; None: Feishu's own
     api_requests_per_second: float = 2.0  # the personal base token's limit
     retry_backoff: float = 1.0
-
-
-def link_expired(err: HTTPStatusError) -> bool:
-    return err.status in LINK_STATUSES
 
 
 class Job:

@@ -34,6 +34,11 @@ NOT_FOUND_CODES = {1254040: "base (app_token) not found", 1254041: "table not fo
                    1254042: "view not found", 1254045: "field not found"}
 
 
+def link_expired(err: HTTPStatusError) -> bool:
+    """Feishu refuses an expired or revoked link with one of these: ask for a new link and try again."""
+    return err.status in LINK_STATUSES
+
+
 def token_from_env() -> str:
     """PERSONAL_BASE_TOKEN from the environment or ./.env ('' when unset)."""
     from dotenv import load_dotenv
@@ -289,7 +294,7 @@ class FeishuBackend:
         return lambda refresh: self.links.link(att, refresh)
 
     def link_expired(self, err: HTTPStatusError) -> bool:
-        return err.status in LINK_STATUSES
+        return link_expired(err)
 
     def folders(self) -> list[str]:
         return []
