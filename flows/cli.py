@@ -33,6 +33,10 @@ def build_parser(prog: str = "python -m flows.download") -> argparse.ArgumentPar
     p.add_argument("--cname", action="store_true", help="OSS: the endpoint is a custom domain of the bucket")
     p.add_argument("--connect-timeout", type=float, help="seconds (default 10)")
     p.add_argument("--read-timeout", type=float, help="seconds, 0 = none (default 60)")
+    p.add_argument("--low-speed-limit", type=float,
+                   help="bytes/s; a download slower than this for --low-speed-time fails as too slow (default"
+                        " 1024, 0 = none)")
+    p.add_argument("--low-speed-time", type=float, help="seconds (default 60)")
     p.add_argument("--retry-backoff", type=float, help="first wait of round 2, seconds (default 1)")
     p.add_argument("--max-requests-per-second", type=float, help="cap request starts per second")
     p.add_argument("--credentials-block", help="name of a Prefect Secret block with the store's credentials")
@@ -90,7 +94,10 @@ def exit_code(run) -> int:
 
 def print_result(result) -> int:
     print(result.text())
-    return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
+    ok = getattr(result, "ok", True)
+    if getattr(result, "incomplete", ""):
+        print(f"error: {result.incomplete}", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _run(given: dict, yes: bool, terminal: bool) -> int:

@@ -39,6 +39,11 @@ class DownloadParams(BaseModel):
     cname: bool = Field(False, title="OSS custom domain", description="The endpoint is a CNAME bound to the bucket.")
     connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
     read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
+    low_speed_limit: float = Field(1024, ge=0, title="Low-speed limit (bytes/s)",
+                                   description="A download slower than this for the low-speed time fails as too"
+                                               " slow and is retried (curl's rule); 0: no limit.")
+    low_speed_time: float = Field(60, gt=0, title="Low-speed time (s)",
+                                  description="How long a download may stay below the low-speed limit.")
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
                                  description="First wait of round 2's exponential backoff.")
     max_requests_per_second: float | None = Field(

@@ -7,7 +7,8 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import batch
+from tasks import batch, listing
+from tasks.errors import DownloadError
 from tasks.backends import Backend, Page
 from tasks.keys import RemoteObject
 from tasks.manifest import Manifest
@@ -24,9 +25,8 @@ unit = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 @unit(name="list-page", task_run_name="list-page-{page_no}")
-def list_page(backend: Backend, engine: Engine, token: str | None, page_no: int) -> Page:
-    with engine.request_slot():
-        return backend.list_page(token)
+def list_page(backend: Backend, engine: Engine, plan: batch.Plan, token: str | None, page_no: int) -> Page:
+    return listing.list_page(backend, token, plan.max_attempts, plan.retry_backoff, engine.request_slot)
 
 
 class Listed:
@@ -42,22 +42,31 @@ class Listed:
 
 
 @unit(name="download-batch", task_run_name="download-batch-{page_no}")
-def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: batch.Plan,
-                   listed: Listed, live: batch.Live, page_no: int) -> batch.Tally:
-    return batch.download_batch(engine, backend, manifest, plan, listed.objects, live)
+def download_batch(run: batch.Run, listed: Listed, page_no: int) -> batch.Tally:
+    return batch.download_batch(run, listed.objects)
 
 
 @unit(name="retry-failed")
-def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: batch.Plan,
-                 live: batch.Live) -> batch.Tally:
-    return batch.retry_failed(engine, backend, manifest, plan, live)
+def retry_failed(run: batch.Run) -> batch.Tally:
+    return batch.retry_failed(run)
 
 
 @unit(name="report")
-def report(manifest: Manifest, plan: batch.Plan, tally: batch.Tally, seconds: float) -> Summary:
-    csv_path, first_rows = write_failed_csv(manifest, plan.run_id, plan.output, plan.failed_csv_name,
-                                           plan.path_column)
-    summary = Summary.of(tally, seconds, csv_path)
+def report(run: batch.Run, tally: batch.Tally, seconds: float, incomplete: str = "",
+           extra_rows: list[list] = (), notes: list[str] = ()) -> Summary:
+    plan = run.plan
+    notes = list(notes)
+    try:
+        csv_path, first_rows = write_failed_csv(run.manifest, plan.run_id, run.out, plan.failed_csv_name,
+                                               plan.path_column, list(extra_rows))
+    except (OSError, DownloadError) as exc:  # e.g. the disk is full: say so, keep what the summary knows
+        csv_path, first_rows = None, []
+        notes.append(f"the failure CSV could not be written: {run.out.disk_error(exc)}")
+    if run.halt.reason is not None:
+        run.out.clear_work_area()  # partial files would only keep the disk full
+    elif not tally.failed and not incomplete and not tally.interrupted:
+        run.out.clear_work_area()  # leftovers of objects that no longer exist
+    summary = Summary.of(tally, seconds, csv_path, incomplete, notes)
     publish_summary(summary, first_rows)
     return summary
 

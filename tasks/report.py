@@ -11,6 +11,7 @@ from pathlib import Path
 from tasks.batch import Tally
 from tasks.keys import FAILED_CSV_NAME, RemoteObject
 from tasks.manifest import Manifest
+from tasks.workarea import Output
 
 CSV_HEADER = ["key", "last_error", "retry_count"]
 TABLE_ROWS = 1000
@@ -30,18 +31,30 @@ class Summary:
     mb_per_s: float
     failed_csv: str | None = None
     zip_file: str | None = None
+    incomplete: str = ""  # why the run did not cover everything it should have (listing, disk full)
+    notes: list[str] = field(default_factory=list)  # warnings worth a line (e.g. a manifest rebuilt)
 
     @classmethod
-    def of(cls, tally: Tally, seconds: float, failed_csv: Path | None) -> "Summary":
+    def of(cls, tally: Tally, seconds: float, failed_csv: Path | None, incomplete: str = "",
+           notes: list[str] | None = None) -> "Summary":
         seconds = max(seconds, 1e-6)
         return cls(tally.listed, tally.filtered_out, tally.already_present, tally.downloaded, tally.failed,
                    tally.restore_required, tally.bytes, round(seconds, 2),
                    round(tally.downloaded / seconds, 1), round(tally.bytes / seconds / 1e6, 2),
-                   str(failed_csv) if failed_csv else None)
+                   str(failed_csv) if failed_csv else None, incomplete=incomplete, notes=list(notes or ()))
+
+    @property
+    def ok(self) -> bool:
+        """Every selected object is here: exit 0."""
+        return not self.failed and not self.incomplete
 
     def rows(self) -> list[tuple[str, str]]:
-        return [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
-                if name not in ("failed_csv", "zip_file")]
+        rows = [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
+                if name not in ("failed_csv", "zip_file", "incomplete", "notes")]
+        if self.incomplete:
+            rows.append(("incomplete", self.incomplete))
+        rows += [("note", note) for note in self.notes]
+        return rows
 
     def text(self) -> str:
         width = max(len(name) for name, _ in self.rows())
@@ -53,19 +66,22 @@ class Summary:
         return "\n".join(["Summary:"] + lines)
 
 
-def write_failed_csv(manifest: Manifest, run_id: str, output: Path, name: str = FAILED_CSV_NAME,
-                     path_column: bool = False) -> tuple[Path | None, list[list]]:
-    """Write this run's failures to <output>/.oss-failed.csv (atomically), or remove a stale one.
-    `path_column` adds the local path (items whose key is an id, like Feishu attachments).
+def write_failed_csv(manifest: Manifest, run_id: str, out: Output, name: str = FAILED_CSV_NAME,
+                     path_column: bool = False, extra_rows: list[list] = ()) -> tuple[Path | None, list[list]]:
+    """Write this run's failures to <output>/.oss-failed.csv (atomically, in the output's work area), or
+    remove a stale one. `path_column` adds the local path (items whose key is an id, like Feishu
+    attachments); `extra_rows` are failures that are not objects (an incomplete listing).
 
     Returns the path (None when there were no failures) and the first TABLE_ROWS rows."""
-    path = output / name
-    tmp = output / (name + ".tmp")
     first: list[list] = []
     count = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with out.replacing(name) as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER + ["path"] if path_column else CSV_HEADER)
+        for line in extra_rows:
+            writer.writerow(line + [""] if path_column else line)
+            first.append(line)
+            count += 1
         for rows in manifest.failed(run_id):
             for row in rows:
                 line = [row.key, row.last_error, row.attempts]
@@ -73,13 +89,11 @@ def write_failed_csv(manifest: Manifest, run_id: str, output: Path, name: str = 
                 if count < TABLE_ROWS:
                     first.append(line)
                 count += 1
-        f.flush()
-        os.fsync(f.fileno())
+        if not count:
+            f.discard()
     if count:
-        os.replace(tmp, path)
-        return path, first
-    tmp.unlink()
-    path.unlink(missing_ok=True)
+        return out.root / name, first
+    out.remove_file(name)
     return None, first
 
 

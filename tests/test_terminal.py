@@ -7,7 +7,7 @@ import sys
 import pexpect
 
 from tests.conftest import ROOT
-from tests.test_download import body, local_files, put
+from tests.test_download import body, leftovers, local_files, put
 
 DOWN, ENTER, BACKSPACE = "\x1b[B", "\r", "\x7f"
 ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
@@ -126,4 +126,4 @@ def test_flags_skip_questions_and_ctrl_c_then_rerun(s3, bucket, tmp_path, prefec
     child.close()
     assert child.exitstatus == 0
     assert local_files(out) == {k[len("data/"):]: body(k, 30_000) for k in keys}
-    assert not list(out.rglob(".ossdl-*"))
+    assert leftovers(out) == []
