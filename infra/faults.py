@@ -29,8 +29,10 @@ LIST_FAULTS: Mapping[str, Mapping[str, Any]] = {
     "status": {"status": 500, "code": "InternalError"},
     "reset": {},
     "delay": {"seconds": 0.0},
-    "truncated_no_token": {},   # IsTruncated=true without NextMarker / NextContinuationToken
-    "repeat_token": {},         # the next marker/token is the one the request carried
+    # IsTruncated=true but no next marker/token (S3: the element is left out; OSS: it is empty, since
+    # oss2 cannot even parse a truncated page without one).
+    "truncated_no_token": {},
+    "repeat_token": {},         # IsTruncated=true, and the next marker/token is the one the request sent
 }
 # Faults that only make sense for a request with a Range header; other requests pass them by.
 RANGE_ONLY = frozenset({"wrong_range", "ignore_range"})
