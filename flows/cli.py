@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from pydantic import ValidationError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser(prog: str = "python -m flows.download") -> argparse.ArgumentParser:
@@ -75,16 +76,30 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code(lambda: _run(given, yes, terminal))
 
 
+_terminated = False
+
+
+def _sigterm(signum, frame) -> None:
+    """SIGTERM (a scheduler or `kill` stopping the run) stops it the way Ctrl-C does."""
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
 def exit_code(run) -> int:
-    """Run a command body and map what escapes it to the exit codes (2 usage, 130 Ctrl-C, 1 otherwise),
-    with one line on stderr and never a traceback."""
+    """Run a command body and map what escapes it to the exit codes (2 usage, 130 Ctrl-C, 143 SIGTERM,
+    1 otherwise), with one line on stderr and never a traceback."""
     from tasks.errors import UsageError
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         return run()
     except (ValueError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if _terminated:
+            print("\nstopped (SIGTERM): the same command resumes where this run stopped", file=sys.stderr)
+            return EXIT_TERMINATED
         print("\ninterrupted: the same command resumes where this run stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback

@@ -16,9 +16,11 @@ from rich.table import Table
 from tasks.backends import Backend
 from tasks.batch import Plan, not_present, select
 from tasks.errors import DownloadError
-from tasks.keys import local_path
+from tasks.keys import target
+from tasks.listing import list_page, pages
 from tasks.manifest import Manifest
 from tasks.report import Preview, human_bytes
+from tasks.workarea import Output
 
 OSS_ENDPOINTS = [f"https://oss-{region}.aliyuncs.com" for region in (
     "cn-hangzhou", "cn-shanghai", "cn-beijing", "cn-shenzhen", "cn-qingdao", "cn-zhangjiakou", "cn-chengdu",
@@ -128,32 +130,40 @@ class Scan:
     bytes_to_fetch: int = 0
 
 
+class _NoManifest:
+    """No earlier run here: nothing recorded (files already on disk are still recognised)."""
+
+    @staticmethod
+    def done_entries(keys):
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
 def scan(backend: Backend, plan: Plan) -> Scan:
-    """List everything selected, and count what an earlier run already downloaded."""
+    """List everything selected, and count what an earlier run already downloaded (nothing is written)."""
     result = Scan()
     manifest_path = plan.output / plan.manifest_name
-    manifest = Manifest(plan.output, plan.manifest_name) if manifest_path.exists() else None
-    token = None
+    manifest = Manifest(plan.output, plan.manifest_name) if manifest_path.exists() else _NoManifest()
+    out = Output(plan.output, read_only=True)
     try:
-        while True:
-            page = backend.list_page(token)
+        for page in pages(backend, lambda token, _: list_page(backend, token, plan.max_attempts, plan.retry_backoff)):
             tally, chosen = select(page.objects, plan)
             result.preview.add(tally, chosen)
             todo = []
             for obj in chosen:
                 try:
-                    todo.append((obj, local_path(plan.output, obj.key, plan.strip, obj.path)))
+                    todo.append((obj, target(obj, plan.strip)))
                 except DownloadError:
                     pass
-            fresh = not_present(manifest, todo) if manifest else todo
+            fresh, _ = not_present(manifest, out, todo)
             result.present += len(todo) - len(fresh)
             result.bytes_to_fetch += sum(obj.size for obj, _ in fresh)
-            token = page.next_token
-            if not token:
-                return result
+        return result
     finally:
-        if manifest:
-            manifest.close()
+        manifest.close()
+        out.close()
 
 
 def show_preview(console: Console, found: Scan) -> None:

@@ -120,17 +120,18 @@ def select(objects: list[RemoteObject], plan: Plan) -> tuple[Tally, list[RemoteO
     return tally, chosen
 
 
-def not_present(run: Run, todo: list[tuple[RemoteObject, str]]) -> tuple[list[tuple[RemoteObject, str]], list[Outcome]]:
+def not_present(manifest: Manifest, out: Output, todo: list[tuple[RemoteObject, str]]
+                ) -> tuple[list[tuple[RemoteObject, str]], list[Outcome]]:
     """Split objects into those to fetch and those already here. Here means: an earlier run recorded the
     same listed version done and the local file still has the size and modification time it was left
     with (rclone's size + mtime rule); or — no record (a lost manifest, a run killed before it wrote) —
     the file has the listed size and either the store's time (we set it on every file) or its MD5.
     Returns (to fetch, outcomes recording what was recognised without a record)."""
-    done = run.manifest.done_entries([obj.key for obj, _ in todo])
+    done = manifest.done_entries([obj.key for obj, _ in todo])
     fetch, adopted = [], []
     for obj, rel in todo:
         row = done.get(obj.key)
-        st = run.out.stat(rel)
+        st = out.stat(rel)
         size = row.size if obj.size == UNKNOWN_SIZE and row is not None else obj.size
         if st is None or st.st_size != size:
             fetch.append((obj, rel))
@@ -138,7 +139,7 @@ def not_present(run: Run, todo: list[tuple[RemoteObject, str]]) -> tuple[list[tu
             if row.mtime_ns is None or row.mtime_ns == st.st_mtime_ns:
                 continue
             fetch.append((obj, rel))  # changed here since it was downloaded
-        elif _same_bytes(run.out, rel, obj, st):
+        elif _same_bytes(out, rel, obj, st):
             adopted.append(Outcome(obj.key, obj.size, obj.etag, 0, path=obj.path, mtime_ns=st.st_mtime_ns))
         else:
             fetch.append((obj, rel))
@@ -178,7 +179,7 @@ def download_batch(run: Run, objects: list[RemoteObject]) -> Tally:
             tally.restore_required += 1
             continue
         todo.append((obj, rel))
-    fresh, adopted = not_present(run, todo)
+    fresh, adopted = not_present(run.manifest, run.out, todo)
     tally.already_present = len(todo) - len(fresh)
     run.manifest.add(refused + adopted, plan.run_id)
     live.add(done=tally.already_present, failed=len(refused), listed=tally.listed)

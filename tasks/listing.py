@@ -35,18 +35,20 @@ class ListingGuard:
         self.pages = 0
         self.objects = 0
 
-    def check(self, token: str | None, page: Page) -> None:
+    def check_keys(self, page: Page) -> None:
+        """Before a page is used: its keys continue the listing."""
         self.pages += 1
-        if self.ordered:
-            keys = [o.key for o in page.objects]
-            first = keys[0] if keys else None
-            if first is not None and self.last_key is not None and first <= self.last_key or \
-                    any(a >= b for a, b in zip(keys, keys[1:])):
-                raise ListingError(f"the store's listing went backwards at page {self.pages} (key {first!r} after"
-                                   f" {self.last_key!r}): it would list objects twice or for ever")
-            if keys:
-                self.last_key = keys[-1]
         self.objects += len(page.objects)
+        if not self.ordered or not page.objects:
+            return
+        keys = [o.key for o in page.objects]
+        if self.last_key is not None and keys[0] <= self.last_key or any(a >= b for a, b in zip(keys, keys[1:])):
+            raise ListingError(f"the store's listing went backwards at page {self.pages} (key {keys[0]!r} after"
+                               f" {self.last_key!r}): it would list objects twice or for ever")
+        self.last_key = keys[-1]
+
+    def check_next(self, token: str | None, page: Page) -> None:
+        """After a page is used: it says where the listing goes on, somewhere it has not been."""
         if not page.truncated:
             return
         where = f"after {self.objects} objects (page {self.pages})"
@@ -64,8 +66,9 @@ def pages(backend: Backend, fetch: Callable[[str | None, int], Page]) -> Iterato
     token, page_no = None, 0
     while True:
         page = fetch(token, page_no)
-        guard.check(token, page)
+        guard.check_keys(page)
         yield page
+        guard.check_next(token, page)
         if not page.truncated:
             return
         token, page_no = page.next_token, page_no + 1

@@ -53,11 +53,17 @@ def _is_link(st: os.stat_result) -> bool:
 class Output:
     """An output folder opened for writing by this run. Thread-safe."""
 
-    def __init__(self, root: Path, shard: str | None = None, owner: dict | None = None):
+    def __init__(self, root: Path, shard: str | None = None, owner: dict | None = None, read_only: bool = False):
+        """`read_only`: only to look at what is there (a preview): no work area, no lock."""
         self.root = Path(root)
         self._lock = threading.Lock()
         self._folders: dict[str, list] = {}  # relative folder → [handle, users]
         self._root = self._open_root()
+        self._lock_fd = None
+        self.previous_owner: dict = {}
+        if read_only:
+            self._work = None
+            return
         try:
             self._work = self._child_folder(self._root, WORK_DIR, create=True, shown=WORK_DIR)
         except LocalPathError:
@@ -65,7 +71,6 @@ class Output:
             raise UsageError(f"{self.root / WORK_DIR} is not a folder this tool made (a file or a symbolic"
                              " link): remove it") from None
         self.lock_name = f"lock-{shard}" if shard else "lock"
-        self.previous_owner: dict = {}
         self._lock_fd = self._take_lock(owner or {})
 
     # -- lifecycle ---------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def run_feishu(fs: FeishuServer, out: Path, *extra: str, prefect_api: str, token
 
 def files_under(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".oss") for part in p.relative_to(out).parts)}
+            if p.is_file() and not any(part.startswith(".oss") for part in p.relative_to(folder).parts)}
 
 
 def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefect_api):

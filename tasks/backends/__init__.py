@@ -9,6 +9,7 @@ from tasks.keys import RemoteObject
 from tasks.transfer import Signer
 
 PAGE_SIZE = 1000
+CHECK_ATTEMPTS = 3  # the pre-flight listing request, before a run starts
 
 
 @dataclass(slots=True)

@@ -8,8 +8,8 @@ import oss2
 import oss2.exceptions as ox
 from oss2.credentials import StaticCredentialsProvider
 
-from tasks.backends import PAGE_SIZE, Page, StoreConfig, clip
-from tasks.errors import HTTPStatusError, UsageError
+from tasks.backends import CHECK_ATTEMPTS, PAGE_SIZE, Page, StoreConfig, clip
+from tasks.errors import HTTPStatusError, UsageError, retrying_sync
 from tasks.keys import RemoteObject
 
 URL_TTL = 3600
@@ -70,7 +70,9 @@ class OssBackend:
 
     def check(self) -> None:
         try:
-            self.list_page(None, limit=1)
+            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
+                with attempt:
+                    self.list_page(None, limit=1)
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
 

@@ -8,9 +8,9 @@ import boto3
 import botocore.exceptions as bx
 from botocore.config import Config
 
-from tasks.backends import PAGE_SIZE, Page, StoreConfig, clip
+from tasks.backends import CHECK_ATTEMPTS, PAGE_SIZE, Page, StoreConfig, clip
 from tasks.backends.sigv4 import FastPresigner
-from tasks.errors import HTTPStatusError, UsageError
+from tasks.errors import HTTPStatusError, UsageError, retrying_sync
 from tasks.keys import RemoteObject
 
 URL_TTL = 3600
@@ -39,7 +39,7 @@ def client_settings(config: StoreConfig) -> tuple[dict, Config]:
         max_pool_connections=max(10, config.concurrency),
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
-        retries={"mode": "standard", "max_attempts": 1},  # the product's one retry policy retries
+        retries={"mode": "standard", "total_max_attempts": 1},  # the product's one retry policy retries
     )
     return kwargs, cfg
 
@@ -83,7 +83,9 @@ class S3Backend:
 
     def check(self) -> None:
         try:
-            self.list_page(None, limit=1)
+            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
+                with attempt:
+                    self.list_page(None, limit=1)
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
 
