@@ -98,6 +98,9 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
     `folder` names where local files go, for a disk-full message."""
     if isinstance(exc, DownloadError):
         return exc
+    store = _store_sdk_error(exc)  # before OSError: some SDK exceptions are OSErrors too (timeouts)
+    if store is not None:
+        return store
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, socket.timeout)):
         return DownloadError("timeout", retryable=True)
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -110,9 +113,6 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
         return DownloadError(f"connection error: {type(exc).__name__}", retryable=True)
     if isinstance(exc, OSError):
         return _local_error(exc, folder)
-    store = _store_sdk_error(exc)
-    if store is not None:
-        return store
     return DownloadError(f"{type(exc).__name__}: {exc}")
 
 

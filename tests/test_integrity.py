@@ -365,3 +365,13 @@ def test_a_full_disk_stops_the_run_cleanly_keeps_what_is_done_and_leaves_no_part
     assert again.returncode == 0, again.stderr[-3000:]
     assert local_files(out) == {k[len("data/"):]: body(k, 700_000) for k in keys}
     assert sum(s3.get_count(bucket, "data/" + rel) for rel in kept) == 0    # what was done stays done
+
+
+@both
+def test_a_stalled_listing_page_times_out_and_is_retried(store, bucket, tmp_path, prefect_api):
+    for i in range(3):
+        put(store, bucket, f"data/s/{i}", b"x")
+    store.add_list_fault(bucket, "delay", page=1, seconds=3)             # the first real page stalls
+    result = run_cli(args(store, bucket, tmp_path, "--read-timeout", "1"), prefect_api)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(local_files(tmp_path)) == 3 and store.list_count(bucket) == 3
