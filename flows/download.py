@@ -11,10 +11,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.params import DownloadParams
+from flows.params import DownloadParams, with_deployment_defaults
 from flows.pipeline import BATCH_WORKERS, download_all, preview_all
 from tasks.backends import make_backend
 from tasks.batch import Plan
+from tasks.download_tasks import final_state
 from tasks.keys import parse_suffixes, prefix_folder, prepare_output
 from tasks.manifest import Manifest
 from tasks.report import Preview, Summary
@@ -23,6 +24,7 @@ from tasks.transfer import Engine
 
 @flow(name="object-download", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS), persist_result=False)
 def download_objects(params: DownloadParams) -> Summary | Preview:
+    params = with_deployment_defaults(params)
     backend = make_backend(params.store_config())
     output = prepare_output(params.output)
     plan = Plan(output, prefix_folder(params.prefix), parse_suffixes(params.include_suffix),
@@ -35,7 +37,7 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
             return preview_all(backend, engine, plan)
     # The manifest outlives the engine: cancelled downloads record what they finished on the way out.
     with closing(Manifest(output, plan.manifest_name)) as manifest, engine:
-        return download_all(backend, engine, manifest, plan)
+        return final_state(download_all(backend, engine, manifest, plan))
 
 
 if __name__ == "__main__":

@@ -99,3 +99,17 @@ def as_download_error(exc: BaseException) -> DownloadError:
 
 def is_retryable(exc: BaseException) -> bool:
     return as_download_error(exc).retryable
+
+
+class ObjectsFailed(Exception):
+    """A run that finished with objects it could not fetch: its flow run ends Failed (so Prefect can alert),
+    and whoever called the flow still gets the summary to print (exit 1 at a terminal)."""
+
+    def __init__(self, summary):
+        self.summary = summary
+        super().__init__(summary)
+
+    def __str__(self) -> str:
+        s = self.summary
+        where = f": see {s.failed_csv}" if getattr(s, "failed_csv", None) else ""
+        return f"{s.failed} of {s.listed - s.filtered_out} objects failed{where}"
