@@ -42,7 +42,9 @@ def ensure_work_pool(name: str = WORK_POOL) -> None:
 def aws_credentials(key_id: str, secret: str, token: str = "", endpoint: str = ""):
     from prefect_aws import AwsClientParameters, AwsCredentials
     return AwsCredentials(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token or None,
-                          aws_client_parameters=AwsClientParameters(endpoint_url=endpoint or None))
+                          # SigV4: the presigned links to failure CSVs must work in every region and store.
+                          aws_client_parameters=AwsClientParameters(endpoint_url=endpoint or None,
+                                                                    config={"signature_version": "s3v4"}))
 
 
 def save_s3_credentials(name: str, key_id: str, secret: str, token: str = "") -> None:

@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment as this_deployment
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 from pydantic import Field
 
 from flows.params import DownloadParams, with_deployment_defaults
@@ -33,6 +33,10 @@ MAX_SHARDS = 64
 
 class ShardsNotStarted(RuntimeError):
     """No shard ran for start_timeout_seconds while some were still waiting: no worker could take them."""
+
+
+class ShardsBroken(RuntimeError):
+    """Shard runs that ended without a summary (crashed, cancelled, failed before downloading)."""
 
 
 def _check_pool(client, deployment: str) -> str:
@@ -101,8 +105,15 @@ def sharded_download(
         start_timeout_seconds: Give up (and cancel the waiting shards) when no shard has run for this
             long (5-86400 s) while some wait: no worker is free to take them.
     """
+    try:
+        return _run(with_deployment_defaults(params), shards, deployment, poll_seconds, start_timeout_seconds)
+    except (UsageError, ShardsNotStarted, ShardsBroken) as exc:
+        # Failed with the reason as its message, no traceback; a caller of the flow gets the exception.
+        return Failed(message=str(exc), data=exc)
+
+
+def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: float, start_timeout: float):
     logger = get_run_logger()
-    params = with_deployment_defaults(params)
     started = time.monotonic()
     output = prepare_output(params.output)
     with get_client(sync_client=True) as client:
@@ -117,7 +128,7 @@ def sharded_download(
         logger.info("shard %s: keys after %r, before %r", name, after or "(start)", before or "(end)")
     tally = Tally()
     with get_client(sync_client=True) as client:
-        runs = _wait(client, [c.id for c in children], poll_seconds, start_timeout_seconds, pool)
+        runs = _wait(client, [c.id for c in children], poll_seconds, start_timeout, pool)
         broken = []
         for run_id, run in runs.items():
             rows = _summary_rows(client, run_id)
@@ -130,7 +141,7 @@ def sharded_download(
     summary = Summary.of(tally, time.monotonic() - started, csv_path)
     units.publish_summary(summary, first_rows)
     if broken:
-        raise RuntimeError(f"shard runs did not finish: {', '.join(sorted(broken))}")
+        raise ShardsBroken(f"shard runs did not finish: {', '.join(sorted(broken))}")
     return units.final_state(summary)
 
 
