@@ -109,11 +109,16 @@ def failed_csv_link(csv_path: Path) -> tuple[str, str]:
         get_run_logger().warning("result storage %s is not an S3 bucket block: the failure CSV link is a"
                                  " file on the worker", slug)
         return local
-    key = storage.upload_from_path(csv_path, f"download-failures/{flow_run.id or 'local'}/{csv_path.name}",
-                                   ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
-    client = storage.credentials.get_s3_client()
-    url = client.generate_presigned_url("get_object", Params={"Bucket": storage.bucket_name, "Key": key},
-                                        ExpiresIn=LINK_SECONDS)
+    try:
+        key = storage.upload_from_path(csv_path, f"download-failures/{flow_run.id or 'local'}/{csv_path.name}",
+                                       ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
+        client = storage.credentials.get_s3_client()
+        url = client.generate_presigned_url("get_object", Params={"Bucket": storage.bucket_name, "Key": key},
+                                            ExpiresIn=LINK_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the run's result stands; only the link is the local file
+        get_run_logger().warning("failure CSV not uploaded to %s (%s): the link is the file on the worker",
+                                 slug, type(exc).__name__)
+        return local
     return url, f"in s3://{storage.bucket_name}/{key} (link valid 7 days)"
 
 
