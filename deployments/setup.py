@@ -65,10 +65,10 @@ def save_secret_credentials(name: str, key_id: str, secret: str, token: str = ""
     Secret(value=value).save(name, overwrite=True)
 
 
-def save_reports_bucket(bucket: str, credentials) -> None:
+def save_reports_bucket(bucket: str, credentials, name: str = REPORTS_BLOCK) -> None:
     """The bucket failure CSVs are uploaded to; its credentials carry the endpoint (for a non-AWS store)."""
     from prefect_aws import S3Bucket
-    S3Bucket(bucket_name=bucket, bucket_folder="", credentials=credentials).save(REPORTS_BLOCK, overwrite=True)
+    S3Bucket(bucket_name=bucket, bucket_folder="", credentials=credentials).save(name, overwrite=True)
 
 
 def setup_alert(env) -> None:

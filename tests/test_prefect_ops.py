@@ -93,11 +93,11 @@ def runs_of(client, deployment: str):
     return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])), limit=200)
 
 
-def start_run(ops, deployment: str, parameters: dict):
+def start_run(ops, deployment: str, parameters: dict, **options):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
     with temporary_settings({PREFECT_API_URL: ops["api"]}):
-        return run_deployment(deployment, parameters=parameters, timeout=0)
+        return run_deployment(deployment, parameters=parameters, timeout=0, **options)
 
 
 def store_params(s3, bucket, prefix, out, **extra) -> dict:
@@ -250,6 +250,29 @@ def test_failed_objects_end_failed_alert_and_link_the_csv(ops, s3, bucket, tmp_p
         assert "ended Failed" in sent["subject"] and "1 of 12 objects failed" in sent["body"], sent
         assert f"/runs/flow-run/{done.id}" in sent["body"], sent
         assert SECRET not in everything_recorded(client, [done.id], ops)
+
+
+def test_a_csv_that_cannot_be_uploaded_leaves_a_local_link(ops, s3, bucket, tmp_path):
+    """The reports bucket is gone: the run still ends Failed with all its artifacts; the link is the local file."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup import aws_credentials, save_reports_bucket
+    with temporary_settings({PREFECT_API_URL: ops["api"]}):
+        save_reports_bucket("no-such-bucket", aws_credentials("test-access-key", SECRET, endpoint=s3.endpoint),
+                            name="gone-reports")
+    put(s3, bucket, "gone/ok.txt", b"ok")
+    put(s3, bucket, "gone/denied.txt", b"no")
+    s3.add_fault(bucket, "gone/denied.txt", "status", status=403, code="AccessDenied")
+    started = start_run(ops, "object-download/s3-download", {"params": store_params(s3, bucket, "gone/", tmp_path)},
+                        job_variables={"env": {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "s3-bucket/gone-reports"}})
+    with client_for(ops["api"]) as client:
+        done = wait_final(client, started.id)
+        assert done.state.is_failed() and done.state.message.startswith("1 of 2 objects failed"), done.state
+        artifacts = artifacts_of(client, done.id)
+        assert {"download-summary", "download-failures"} <= set(artifacts)
+        assert f"]({(tmp_path / '.oss-failed.csv').as_uri()})" in artifacts["download-failed-csv"]
+        warned = wait_for("the warning", lambda: [m for m in logs_of(client, done.id) if "not uploaded" in m], 30)
+    assert warned[0].startswith("failure CSV not uploaded to s3-bucket/gone-reports ("), warned
 
 
 def test_runs_of_one_deployment_never_overlap(ops, s3, bucket, tmp_path):
