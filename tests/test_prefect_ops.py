@@ -359,6 +359,28 @@ def test_shards_that_cannot_start_fail_clearly(ops, s3, bucket, tmp_path):
         f" (prefect work-pool set-concurrency-limit {pool} N) or clear it")
 
 
+def test_sharded_run_on_a_pool_limited_to_one_run_fails_at_once(ops, s3, bucket, tmp_path):
+    """The parent runs on the pool and takes its only slot: its shards could never start, so it fails at
+    once instead of waiting forever."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+    put(s3, bucket, "one/a/1", b"x")
+    with client_for(ops["api"]) as client:
+        client.update_work_pool("downloads", WorkPoolUpdate(concurrency_limit=1))
+        try:
+            started = start_run(ops, "sharded-download/sharded", {
+                "params": store_params(s3, bucket, "one/", tmp_path / "one"), "shards": 2})
+            done = wait_final(client, started.id)
+        finally:
+            client.update_work_pool("downloads", WorkPoolUpdate(concurrency_limit=None))
+        assert done.state.is_failed(), done.state
+        assert done.state.message == (
+            "work pool 'downloads' runs at most 1 flow run(s) at once (this sharded run holds one of them): shards"
+            " could never start; raise it (prefect work-pool set-concurrency-limit downloads N) or clear it")
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+        assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[done.id])))
+
+
 def test_bad_parameters_are_refused_naming_the_parameter(ops):
     prefect = [sys.executable, "-m", "prefect", "deployment", "run"]
     cases = [
@@ -398,6 +420,33 @@ def test_credentials_blocks_typed_and_legacy(ops):
     with client_for(ops["api"]) as client:
         shown = {b.name: b.data for b in client.read_block_documents(include_secrets=False) if b.name in ("s3-credentials", "oss-credentials")}
     assert SECRET not in json.dumps(shown, default=str)  # SecretStr fields are masked by the API
+
+
+def test_oss_runs_with_the_typed_block_and_a_legacy_secret_block(ops, oss, tmp_path):
+    """The OSS-protocol server checks every signature: a run completes only with the block's real keys, read
+    from an OSS Credentials block (SecretStr) or from the JSON Secret block of earlier versions."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup import save_oss_credentials, save_secret_credentials
+    from infra.oss_server import ACCESS_KEY, SECRET_KEY
+    bucket = "oss-" + uuid.uuid4().hex[:8]
+    oss.create_bucket(bucket)
+    for i in range(3):
+        oss.put(bucket, f"m/{i}.txt", body(f"m/{i}.txt", 700))
+    with temporary_settings({PREFECT_API_URL: ops["api"]}):
+        save_oss_credentials("oss-e2e", ACCESS_KEY, SECRET_KEY)
+        save_secret_credentials("oss-legacy", ACCESS_KEY, SECRET_KEY)
+        save_oss_credentials("oss-wrong", ACCESS_KEY, "not-the-secret")
+    with client_for(ops["api"]) as client:
+        for block, completes in (("oss-e2e", True), ("oss-legacy", True), ("oss-wrong", False)):
+            out = tmp_path / block
+            params = {"backend": "oss", "endpoint": oss.endpoint, "bucket": bucket, "prefix": "m/",
+                      "output": str(out), "credentials_block": block}
+            done = wait_final(client, start_run(ops, "object-download/oss-nightly-mirror", {"params": params}).id)
+            assert done.state.is_completed() is completes, (block, done.state)
+            expected = {f"{i}.txt": body(f"m/{i}.txt", 700) for i in range(3)} if completes else {}
+            assert local_files(out) == expected, block
+        assert SECRET_KEY not in everything_recorded(client, [], ops)
 
 
 def test_flow_run_page_shows_the_artifacts_in_chromium(ops, s3, bucket, tmp_path):
