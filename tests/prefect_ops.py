@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -99,6 +100,33 @@ def artifacts_of(client, run_id) -> dict:
 def logs_of(client, run_id) -> list[str]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     return [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+
+
+def start_workers(procs: list, names: list[str], port: int, env: dict, logs: Path, api: str) -> None:
+    """`make worker`s (added to `procs`), one after another: each is online before the next starts (SQLite's
+    write lock makes simultaneous registrations fail with 'database is locked', which the server logs)."""
+    for name in names:
+        procs.append(start(MAKE + ["worker", f"PREFECT_PORT={port}", f"WORKER_NAME={name}"], env,
+                           logs / f"{name}.log"))
+        with client_for(api) as client:
+            wait_for(f"{name} to come online", lambda: name in {
+                w.name for w in client.read_workers_for_work_pool("downloads")}, timeout=120)
+
+
+_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (\w+) +\| ([\w.]+) - ", re.M)
+# Prefect's SQLite server reports worker registrations and heartbeats that lost a write-lock race ("database is
+# locked") with a traceback, and the worker retries; a server on PostgreSQL logs none (tests/test_prefect_postgres).
+_SQLITE_WORKER_RACE = ("prefect.server.api.workers", "prefect.server.utilities.worker_channel")
+
+
+def server_errors(log: str) -> list[str]:
+    """The server log's error records and tracebacks, except SQLite lock races of worker bookkeeping."""
+    starts = [m.start() for m in _RECORD.finditer(log)] + [len(log)]
+    records = [log[a:b] for a, b in zip(starts, starts[1:])]
+    found = [r for r in records if _RECORD.match(r).group(1) in ("ERROR", "CRITICAL") or "Traceback" in r]
+    found += [log[:starts[0]]] if "Traceback" in log[:starts[0]] else []
+    return [r for r in found if not (_RECORD.match(r) and _RECORD.match(r).group(2) in _SQLITE_WORKER_RACE
+                                     and "database is locked" in r)]
 
 
 class Receiver:

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from tests.prefect_ops import MAKE, clean_env, free_port, run, start, stop, wait_for, wait_healthy
+from tests.prefect_ops import MAKE, clean_env, free_port, run, start, start_workers, stop, wait_for, wait_healthy
 from tests.test_download import body, local_files, put
 
 
@@ -66,9 +66,7 @@ def test_server_on_postgresql_runs_a_sharded_download_over_two_workers(postgres,
         deploy = run(MAKE + ["deploy", f"PREFECT_PORT={port}"],
                      dict(env, AWS_ACCESS_KEY_ID="pg-key", AWS_SECRET_ACCESS_KEY="pg-secret"))
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        for name in ("pg-worker-a", "pg-worker-b"):
-            procs.append(start(MAKE + ["worker", f"PREFECT_PORT={port}", f"WORKER_NAME={name}"], env,
-                               logs / f"{name}.log"))
+        start_workers(procs, ["pg-worker-a", "pg-worker-b"], port, env, logs, api)
         keys = [f"pg/{f}/{i}.dat" for f in "abcd" for i in range(4)]
         for key in keys:
             put(s3, bucket, key, body(key, 2000))
