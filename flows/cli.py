@@ -89,10 +89,12 @@ def _sigterm(signum, frame) -> None:
 def exit_code(run) -> int:
     """Run a command body and map what escapes it to the exit codes (2 usage, 130 Ctrl-C, 143 SIGTERM,
     1 otherwise), with one line on stderr and never a traceback."""
-    from tasks.errors import UsageError
+    from tasks.errors import ObjectsFailed, UsageError
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return run()
+    except ObjectsFailed as exc:  # the run finished, its flow run is Failed: print its summary, exit 1
+        return print_result(exc.summary)
     except (ValueError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

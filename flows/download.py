@@ -11,10 +11,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.params import DownloadParams
+from flows.params import DownloadParams, with_deployment_defaults
 from flows.pipeline import BATCH_WORKERS, download_all, preview_all
 from tasks.backends import make_backend
 from tasks.batch import Plan, Run
+from tasks.download_tasks import final_state
 from tasks.keys import parse_suffixes, prefix_folder, prepare_output
 from tasks.manifest import Manifest
 from tasks.report import Preview, Summary
@@ -25,6 +26,7 @@ from tasks.workarea import Output
 
 @flow(name="object-download", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS), persist_result=False)
 def download_objects(params: DownloadParams) -> Summary | Preview:
+    params = with_deployment_defaults(params)
     backend = make_backend(params.store_config())
     output = prepare_output(params.output)
     run_id = flow_run.id or uuid.uuid4().hex
@@ -42,7 +44,7 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
     with Output(output, plan.shard, owner={"flow_run_id": str(flow_run.id or "")}) as out, \
             closing(Manifest(output, plan.manifest_name)) as manifest, engine:
         mark_crashed(out.previous_owner, flow_run.id)
-        return download_all(Run(plan, engine, backend, manifest, out))
+        return final_state(download_all(Run(plan, engine, backend, manifest, out)))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.pipeline import BATCH_WORKERS, download_all, preview_all
 from tasks.batch import Plan, Run
+from tasks.download_tasks import final_state
 from tasks.feishu import DOMAINS, BitableSource, FeishuBackend, FeishuClient, personal_base_token
 from tasks.keys import prepare_output
 from tasks.manifest import Manifest
@@ -117,7 +118,7 @@ def download_attachments(params: FeishuParams) -> Summary | Preview:
             engine.run(client.close())
     if params.zip:
         summary.zip_file = zip_job(folder, folder.with_name(folder.name + ".zip"))
-    return summary
+    return final_state(summary)
 
 
 if __name__ == "__main__":

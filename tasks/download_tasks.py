@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
 from tasks import batch, listing
 from tasks.errors import DownloadError
 from tasks.backends import Backend, Page
+from tasks.errors import ObjectsFailed
 from tasks.keys import RemoteObject
 from tasks.manifest import Manifest
 from tasks.report import Preview, Summary, md_cell, write_failed_csv
@@ -78,10 +80,55 @@ def publish_summary(summary: Summary, first_rows: list[list]) -> None:
         create_table_artifact([{"key": k, "last_error": e, "retry_count": n} for k, e, n in first_rows],
                               key=FAILURES_KEY,
                               description=f"First {len(first_rows)} of {summary.failed} failures")
-        create_link_artifact(Path(summary.failed_csv).resolve().as_uri(), link_text=summary.failed_csv,
-                             key=FAILED_CSV_KEY, description="Full failure list (key,last_error,retry_count)")
+        link, where = failed_csv_link(Path(summary.failed_csv))
+        create_link_artifact(link, link_text=summary.failed_csv, key=FAILED_CSV_KEY,
+                             description=f"Full failure list (key,last_error,retry_count), {where}")
     else:
         create_markdown_artifact("No failures.", key=FAILURES_KEY, description="Download failures")
+
+
+def final_state(result):
+    """How a download flow ends: with its result when every selected object is present (or for a preview);
+    Failed otherwise, so Prefect's UI filters, automations and `run_deployment` callers see it. The summary
+    and failure artifacts are already published; a caller of the flow gets the summary in ObjectsFailed."""
+    if getattr(result, "ok", True):
+        return result
+    error = ObjectsFailed(result)
+    return Failed(message=str(error), data=error)
+
+
+# Presigned links to a report last as long as SigV4 allows.
+LINK_SECONDS = 7 * 24 * 3600
+
+
+def failed_csv_link(csv_path: Path) -> tuple[str, str]:
+    """A link to the full failure CSV, and where it leads. With Prefect's default result storage set to an
+    S3 bucket block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/NAME, prefect-aws), the CSV is uploaded
+    there and the link is a presigned HTTPS URL any browser can open; otherwise it is the file on the
+    worker's disk (file://, openable on that machine)."""
+    from prefect.runtime import flow_run
+    from prefect.settings import get_current_settings
+    slug = get_current_settings().results.default_storage_block
+    local = csv_path.resolve().as_uri(), "on the worker's disk"
+    if not slug:
+        return local
+    from prefect.blocks.core import Block
+    storage = Block.load(slug)
+    if not hasattr(storage, "upload_from_path") or not hasattr(storage, "credentials"):
+        get_run_logger().warning("result storage %s is not an S3 bucket block: the failure CSV link is a"
+                                 " file on the worker", slug)
+        return local
+    try:
+        key = storage.upload_from_path(csv_path, f"download-failures/{flow_run.id or 'local'}/{csv_path.name}",
+                                       ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
+        client = storage.credentials.get_s3_client()
+        url = client.generate_presigned_url("get_object", Params={"Bucket": storage.bucket_name, "Key": key},
+                                            ExpiresIn=LINK_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the run's result stands; only the link is the local file
+        get_run_logger().warning("failure CSV not uploaded to %s (%s): the link is the file on the worker",
+                                 slug, type(exc).__name__)
+        return local
+    return url, f"in s3://{storage.bucket_name}/{key} (link valid 7 days)"
 
 
 @unit(name="publish-preview")

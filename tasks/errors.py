@@ -174,3 +174,20 @@ def retrying(attempts: int, backoff: float) -> AsyncRetrying:
 def retrying_sync(attempts: int, backoff: float) -> Retrying:
     """The same policy for blocking calls (the SDKs' listing requests)."""
     return Retrying(**_policy(attempts, backoff))
+
+
+class ObjectsFailed(Exception):
+    """A run that finished with objects it could not fetch: its flow run ends Failed (so Prefect can alert),
+    and whoever called the flow still gets the summary to print (exit 1 at a terminal)."""
+
+    def __init__(self, summary):
+        self.summary = summary
+        super().__init__(summary)
+
+    def __str__(self) -> str:
+        s = self.summary
+        where = f": see {s.failed_csv}" if getattr(s, "failed_csv", None) else ""
+        failed = f"{s.failed} of {s.listed - s.filtered_out} objects failed"
+        if getattr(s, "incomplete", ""):
+            return f"{s.incomplete}; {failed}{where}"
+        return f"{failed}{where}"

@@ -287,7 +287,8 @@ def test_flow_publishes_summary_and_failure_artifacts(store, bucket, tmp_path, p
     params = DownloadParams(endpoint=store.endpoint, bucket=bucket, prefix="data/", output=str(tmp_path),
                             retry_backoff=0.01)
     state = download_objects(params, return_state=True)
-    summary = state.result()
+    assert state.is_failed() and state.message == f"1 of 5 objects failed: see {tmp_path / '.oss-failed.csv'}"
+    summary = state.result(raise_on_failure=False).summary
     assert (summary.downloaded, summary.failed, summary.bytes) == (4, 1, 4000)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
