@@ -320,13 +320,15 @@ class Engine:
         raise AssertionError("unreachable")
 
     async def fetch(self, sign: Signer, dest: Path, size: int, etag: str = "",
-                    expired: Callable[[HTTPStatusError], bool] = default_link_expired) -> Fetched:
-        """Download one object to `dest` (temp file, fsync, rename). Raises on failure."""
+                    expired: Callable[[HTTPStatusError], bool] = default_link_expired,
+                    on_bytes: Callable[[int], None] | None = None) -> Fetched:
+        """Download one object to `dest` (temp file, fsync, rename). Raises on failure.
+        `on_bytes(n)` is called on the engine's loop with each chunk's length (progress displays)."""
         if size >= self.multipart_threshold and size > self.part_size:
-            return await self._fetch_parts(sign, dest, size, etag, expired)
-        return await self._fetch_whole(sign, dest, size, etag, expired)
+            return await self._fetch_parts(sign, dest, size, etag, expired, on_bytes)
+        return await self._fetch_whole(sign, dest, size, etag, expired, on_bytes)
 
-    async def _fetch_whole(self, sign, dest: Path, size: int, etag: str, expired) -> Fetched:
+    async def _fetch_whole(self, sign, dest: Path, size: int, etag: str, expired, on_bytes=None) -> Fetched:
         tmp = temp_path(dest, whole=True)
         loop = asyncio.get_running_loop()
         offset = await loop.run_in_executor(self._files, _resumable_bytes, tmp, size) if size > SMALL_BODY else 0
@@ -337,7 +339,7 @@ class Engine:
             except HTTPStatusError as err:
                 if offset and err.status in (412, 416):  # changed since the partial download: start over
                     await loop.run_in_executor(self._files, _remove, tmp)
-                    return await self._fetch_whole(sign, dest, 0, etag, expired)
+                    return await self._fetch_whole(sign, dest, 0, etag, expired, on_bytes)
                 raise
             try:
                 resp_etag = (resp.headers.get("ETag") or etag).strip('"')
@@ -350,9 +352,11 @@ class Engine:
                     # whole group of them; the loop never waits on the disk.
                     body = await resp.read()
                     self.bytes_done += len(body)
+                    if on_bytes:
+                        on_bytes(len(body))
                     finished = _Finished(tmp, dest, body=body, check=check)
                 else:
-                    written, file = await self._stream_to(resp, tmp, offset, check)
+                    written, file = await self._stream_to(resp, tmp, offset, check, on_bytes)
                     try:
                         if length is not None and written != offset + length:
                             raise IntegrityError(f"size mismatch: got {written} of {offset + length} bytes")
@@ -368,7 +372,7 @@ class Engine:
         await self._committer.commit(finished)
         return Fetched(len(body) if finished.body is not None else written, resp_etag)
 
-    async def _stream_to(self, resp, tmp: Path, offset: int, check):
+    async def _stream_to(self, resp, tmp: Path, offset: int, check, on_bytes=None):
         """Append the body to the temp file (resuming at offset); a broken stream leaves what arrived."""
         loop = asyncio.get_running_loop()
         f = await loop.run_in_executor(self._files, _open_in_folder, tmp, "r+b" if offset else "wb")
@@ -385,12 +389,14 @@ class Engine:
                     check[0].update(chunk)
                 written += len(chunk)
                 self.bytes_done += len(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
             return written, f
         except BaseException:
             f.close()
             raise
 
-    async def _fetch_parts(self, sign, dest: Path, size: int, etag: str, expired) -> Fetched:
+    async def _fetch_parts(self, sign, dest: Path, size: int, etag: str, expired, on_bytes=None) -> Fetched:
         """Large object: parallel ranged GETs into a preallocated temp file, each under its own slot."""
         tmp = temp_path(dest, whole=False)
         f = await asyncio.get_running_loop().run_in_executor(self._files, _open_in_folder, tmp, "w+b")
@@ -402,7 +408,8 @@ class Engine:
             try:
                 async with asyncio.TaskGroup() as group:
                     for start, end in ranges:
-                        group.create_task(self._fetch_range(sign, fd, start, end, etag, expired, seen_headers))
+                        group.create_task(self._fetch_range(sign, fd, start, end, etag, expired, seen_headers,
+                                                            on_bytes))
             except BaseExceptionGroup as eg:
                 raise eg.exceptions[0] from None
             check = _integrity_check(seen_headers[0], etag)
@@ -419,7 +426,8 @@ class Engine:
         await self._committer.commit(_Finished(tmp, dest, file=f))
         return Fetched(size, resp_etag)
 
-    async def _fetch_range(self, sign, fd: int, start: int, end: int, etag: str, expired, seen: list) -> None:
+    async def _fetch_range(self, sign, fd: int, start: int, end: int, etag: str, expired, seen: list,
+                           on_bytes=None) -> None:
         headers = {"Range": f"bytes={start}-{end}", **({"If-Match": f'"{etag}"'} if etag else {})}
         async with self.slot():
             resp = await self._open(sign, headers, expired)
@@ -432,6 +440,8 @@ class Engine:
                     os.pwrite(fd, chunk, pos)
                     pos += len(chunk)
                     self.bytes_done += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
                 if pos != end + 1:
                     raise IntegrityError(f"size mismatch: part got {pos - start} of {end + 1 - start} bytes")
             finally:
