@@ -367,7 +367,7 @@ class DesktopApp:
 
     # -- the service ----------------------------------------------------------------------------------
     def _settings(self):
-        from bridge.service import DEFAULT_ORIGINS, BridgeSettings
+        from bridge.service import BridgeSettings
         try:
             port = int(self.port.get().strip())
         except ValueError:
@@ -383,8 +383,7 @@ class DesktopApp:
         if not output:
             self.show_message("bad_output")
             return None
-        return BridgeSettings(host=host, port=port, output=Path(output), personal_base_token=self.token.get().strip(),
-                              allowed_origins=list(DEFAULT_ORIGINS))
+        return BridgeSettings(host=host, port=port, output=Path(output), personal_base_token=self.token.get().strip())
 
     def start(self) -> None:
         if self.service is not None or self.worker is not None:
@@ -471,7 +470,7 @@ class DesktopApp:
             self._refresh_card()
         elif kind == "log":
             self._append_log(payload)
-        elif payload and kind != "started":  # "started" repeats what the logger says
+        elif payload and kind not in ("started", "stopped"):  # these repeat what the logger says
             self._append_log(f"{kind}: {payload}")
 
     def _poll_status(self) -> None:
