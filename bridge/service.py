@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -283,8 +284,12 @@ class Job:
             log.error("%s: the job could not be finished: %s: %s", self.name, type(exc).__name__, exc,
                       extra={"bridge_event": True})
             self.service.event("refused", reason=f"{self.name}: {type(exc).__name__}: {exc}")
+            self.manifest.close()
+            self.result = {**self.counts(), "csv": None, "zip": None, "finished_at": time.strftime("%H:%M:%S")}
             self.finished = True
             self.service.changed()
+            await self.send(p.ack("error", f"the job could not be finished: {type(exc).__name__}: {exc}",
+                                  stage="protocol"))
         finally:
             for worker in self.workers:
                 worker.cancel()
@@ -405,7 +410,8 @@ class BridgeService:
     async def _listen(self):
         s = self.settings
         return await serve(self._handle, s.host, s.port, process_request=self._check_origin,
-                           max_size=s.max_frame_bytes, close_timeout=1)
+                           max_size=s.max_frame_bytes, close_timeout=1,
+                           logger=_OneLine(logging.getLogger("websockets.server")))
 
     def stop(self) -> None:
         """Within STOP_SECONDS, also when a client ignores the close handshake. Unfinished jobs stay
@@ -460,7 +466,8 @@ class BridgeService:
 
     # -- one WebSocket connection -----------------------------------------------------------------
     def _check_origin(self, connection, request):
-        origin = request.headers.get("Origin")
+        origins = request.headers.get_all("Origin")
+        origin = origins[0] if len(origins) == 1 else None if not origins else ", ".join(origins)
         if self.origins.allows(origin):
             return None
         origin = origin[:200]
@@ -547,6 +554,16 @@ class BridgeService:
         else:
             raise p.ProtocolError(f"unknown message type {kind[:60]!r}")
         return job
+
+
+class _OneLine(logging.LoggerAdapter):
+    """websockets logs a traceback for each malformed handshake (a browser opening the port as a web page,
+    a port scanner): one line with the reason instead."""
+
+    def process(self, msg, kwargs):
+        if kwargs.pop("exc_info", None) and sys.exc_info()[1] is not None:
+            msg = f"{msg}: {str(sys.exc_info()[1]).replace('%', '%%')}"
+        return msg, kwargs
 
 
 def _error_ack(exc: p.ProtocolError) -> str:

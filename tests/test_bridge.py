@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -385,6 +387,10 @@ def test_cli_logs_each_file_and_sigterm_exits_0_despite_a_stubborn_client(tmp_pa
     try:
         plugin = PublishedPlugin(port, feishu)
         assert run(plugin.download_url_mode(cells, zip_name="cli")) == "complete"
+        for headers in ({}, {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "x"}):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers)  # not a WebSocket
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=5)
         stubborn = StubbornClient(port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0  # the bound: a clean exit within 5 s
@@ -397,6 +403,7 @@ def test_cli_logs_each_file_and_sigterm_exits_0_despite_a_stubborn_client(tmp_pa
     assert "cli: saved x/a.txt" in err and "cli: failed b.txt: the plugin could not get a link" in err
     assert "cli: job finished: 1 saved, 1 failed" in err
     assert "Traceback" not in err and "stopped" in proc.stdout.read()
+    assert len(re.findall(r"ERROR opening handshake failed: invalid Connection header", err)) == 2  # one line each
 
 
 def test_ctrl_c_at_a_terminal_exits_0_despite_a_stubborn_client(tmp_path):
