@@ -240,6 +240,46 @@ def test_a_disconnect_in_url_mode_finishes_the_job(complete_sent, feishu, start_
     assert svc.status()["pending"] == 0 and svc.status()["history"][-1]["name"] == "gone"
 
 
+def test_a_part_whose_link_another_part_replaced_takes_the_new_one():
+    """The ranged parts of one file share its link; a part that finds its (older) link expired after another
+    part already got a new one uses that instead of asking the plugin again."""
+    from bridge import protocol
+    from bridge.links import PluginLinks
+
+    async def scenario():
+        asked: list[dict] = []
+        links = PluginLinks(lambda text: _note(asked, text))
+        sign = links.signer(protocol.file_request({"name": "big.bin", "order": 7}))
+        results: dict[str, str] = {}
+        gate = asyncio.Event()
+
+        async def part(name: str, wait: bool):
+            results[name] = await sign(False)          # all three share the first request
+            if wait:
+                await gate.wait()                       # C's request is still in flight while A refreshes
+            results[name + "!"] = await sign(True)     # "the link expired"
+        async def asked_for(n: int) -> None:
+            while len(asked) < n:
+                await asyncio.sleep(0)
+        a, c = asyncio.create_task(part("A", False)), asyncio.create_task(part("C", True))
+        b = asyncio.create_task(sign(False))
+        await asked_for(1)
+        links.answer({"order": 7, "downloadUrl": "u1"})
+        await asked_for(2)
+        links.answer({"order": 7, "downloadUrl": "u2"})  # A's refresh
+        await a
+        gate.set()
+        await asyncio.wait_for(c, 10)  # if C asked again, nobody would answer: a failure, not a hang
+        return asked, results, await b
+    asked, results, b = run(scenario())
+    assert [a["status"] for a in asked] == ["refresh", "refresh"] and {a["order"] for a in asked} == {7}
+    assert results == {"A": "u1", "C": "u1", "A!": "u2", "C!": "u2"} and b == "u1"
+
+
+async def _note(asked: list, text: str) -> None:
+    asked.append(json.loads(text)["data"])
+
+
 def test_links_nobody_asked_for_are_ignored_without_an_error_ack(feishu, start_service, caplog):
     caplog.set_level(logging.INFO, logger="feishu-bridge")
     svc = start_service()
