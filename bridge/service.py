@@ -89,8 +89,7 @@ class Job:
         self.service, self.config, self.send = service, config, send
         settings = service.settings
         self.name = config.folder_name
-        self.folder = _unique_folder(settings.output, clean_segment(self.name))
-        self.folder.mkdir(parents=True)
+        self.folder = _new_folder(settings.output, clean_segment(self.name))
         self.manifest = Manifest(self.folder)
         self.run_id = config.job_id or "job"
         self.files: dict[str, _File] = {}
@@ -117,7 +116,7 @@ class Job:
     def counts(self) -> dict:
         states = [f.state for f in self.files.values()]
         done, failed, active = states.count("done"), states.count("failed"), states.count("active")
-        expected = max(self.config.total, len(states))
+        expected = max(self.config.total, len(states)) if self.accepting else len(states)  # all sent
         return {"name": self.name, "folder": str(self.folder), "completed": done, "failed": failed,
                 "current": active, "pending": expected - done - failed - active}
 
@@ -356,13 +355,18 @@ def _attachment(req: p.FileRequest) -> Attachment:
     return Attachment(req.token, req.field_id, req.record_id)
 
 
-def _unique_folder(output: Path, name: str) -> Path:
-    folder = output / name
+def _new_folder(output: Path, name: str) -> Path:
+    """output/name, or name_1, name_2 ... when that folder or its ZIP exists (an earlier job's)."""
     n = 0
-    while folder.exists() or folder.with_name(folder.name + ".zip").exists():
+    while True:
+        folder = output / (f"{name}_{n}" if n else name)
+        if not folder.with_name(folder.name + ".zip").exists():
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                pass
         n += 1
-        folder = output / f"{name}_{n}"
-    return folder
 
 
 class BridgeService:
