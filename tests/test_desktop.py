@@ -30,7 +30,7 @@ from tests.plugin_client import PublishedPlugin, cells_of
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
-pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
+needs_display = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
 
 
 # -- the X display ------------------------------------------------------------------------------------
@@ -213,6 +213,7 @@ def run_plugin_job(plugin: PublishedPlugin, cells: list[dict], name: str) -> thr
     return thread
 
 
+@needs_display
 def test_desktop_app_drives_the_service(tmp_path):
     need_tools()
     xvfb, display = start_xvfb()
@@ -398,6 +399,7 @@ def test_desktop_app_drives_the_service(tmp_path):
         fs.stop()
 
 
+@needs_display
 def test_the_window_starts_and_closes_when_its_settings_cannot_be_saved(tmp_path):
     """On Windows before Python 3.13 saving used to raise (no os.fchmod): Start did nothing and the window
     could not be closed. A settings folder that cannot be written must not stop either."""
