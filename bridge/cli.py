@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=11548, help="WebSocket port (default 11548)")
     p.add_argument("--output", default="./downloads", help="where files are saved (default ./downloads)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--download-concurrency", type=int, default=5, help="downloads at once (default 5)")
+    p.add_argument("--download-concurrency", type=int, default=5,
+                   help="downloads at once per job, 1-64 (default 5; the plugin's own setting is always 1)")
     p.add_argument("--http-connect-timeout", type=float, default=30, help="seconds (default 30)")
     p.add_argument("--download-read-timeout", type=float, default=3600,
                    help="seconds without data before a download times out (default 3600; 0 = no limit)")
@@ -24,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=["feishu", "lark"], default="feishu",
                    help="token mode: Feishu (base-api.feishu.cn) or Lark (base-api.larksuite.com)")
     p.add_argument("--api-base-url", default=None, help="token mode: override the Open API address")
-    p.add_argument("--allow-origin", action="append", default=[],
-                   help="extra allowed browser Origin (repeatable); Feishu/Lark domains and localhost are allowed")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="also accept connections from this web page origin, e.g. https://app.example.com or"
+                        " https://*.example.com (repeatable); Feishu/Lark pages and localhost are always accepted")
     return p
 
 
@@ -39,27 +41,33 @@ def personal_base_token(given: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # its connection lines repeat ours
     if not 1 <= args.download_concurrency <= 64:
         print("error: --download-concurrency must be 1-64", file=sys.stderr)
         return 2
-    from bridge.service import DEFAULT_ORIGINS, BridgeService, BridgeSettings
+    from bridge.origins import normalise
+    try:
+        origins = [normalise(o) for o in args.allow_origin]
+    except ValueError as exc:
+        print(f"error: --allow-origin: {exc}", file=sys.stderr)
+        return 2
+    from bridge.service import BridgeService, BridgeSettings
     from tasks.feishu import DOMAINS
     from tasks.errors import UsageError
     settings = BridgeSettings(
         host=args.host, port=args.port, output=Path(args.output), download_concurrency=args.download_concurrency,
         http_connect_timeout=args.http_connect_timeout, download_read_timeout=args.download_read_timeout,
         personal_base_token=personal_base_token(args.personal_base_token),
-        feishu_base_url=args.api_base_url or DOMAINS[args.domain],
-        allowed_origins=DEFAULT_ORIGINS + args.allow_origin)
+        feishu_base_url=args.api_base_url or DOMAINS[args.domain], allow_origins=origins)
+    stop = threading.Event()  # Ctrl-C or SIGTERM, also while starting: a clean stop, exit 0
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     service = BridgeService(settings)
     try:
         service.start()
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"feishu-bridge listening on ws://{settings.host}:{service.port}, saving to {settings.output}"
           " (Ctrl-C to stop)", flush=True)
     stop.wait()

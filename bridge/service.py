@@ -3,13 +3,22 @@
 It runs on the transfer engine's own event loop, so a download that needs a fresh link simply awaits the
 plugin's `feishu_attachment_refresh` answer. Files go through the same engine, manifest and failure CSV
 as the flows.
+
+Concurrency: `download_concurrency` downloads at once per job, in both modes. The plugin always sends
+`concurrent: 1`, which would make a job serial; in url mode the links come from the browser, in token
+mode from the Bitable API, whose calls are kept under the token's rate limit by the shared client (five
+links per call), so parallel downloads cost no extra API calls.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
-import re
+import shutil
+import sys
+import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -18,29 +27,35 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from bridge import protocol as p
+from bridge.links import PluginLinks
+from bridge.origins import Origins
 from tasks.errors import DownloadError, UsageError, as_download_error
 from tasks.feishu import DOMAINS, Attachment, FeishuClient, LinkBroker, link_expired
-from tasks.keys import FAILED_CSV_NAME, prepare_output
+from tasks.keys import FAILED_CSV_NAME, MANIFEST_NAME, prepare_output
 from tasks.manifest import Manifest, Outcome
 from tasks.naming import UniquePaths, clean_segment
-from tasks.report import write_failed_csv
-from tasks.transfer import UNKNOWN_SIZE, Engine
-from tasks.workarea import Output
+from tasks.report import human_bytes, write_failed_csv
+from tasks.transfer import UNKNOWN_SIZE, MiB, Engine
+from tasks.workarea import WORK_DIR, Output
 
 log = logging.getLogger("feishu-bridge")
-ATTEMPTS = 3
-REFRESH_WAIT = 120.0
-PROGRESS_EVERY = 0.5
-DEFAULT_ORIGINS = [
-    re.compile(r"https://([a-z0-9-]+\.)*(feishu\.cn|feishu\.net|larksuite\.com|larkoffice\.com|feishucdn\.com)"),
-    re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"),
-    None,  # no Origin header: not a browser (scripts, the desktop app's own checks)
-]
+ATTEMPTS = 3  # round 1's own retries, until jobs run on the flows' shared round 1 / round 2 runner
+PROGRESS_EVERY = 0.5  # seconds between progress acks, per file and per job
+PROGRESS_MIN_BYTES = 4 * MiB  # smaller files only get their result
+STOP_SECONDS = 4.0  # stop() returns within this, even when a client ignores the close handshake
 
 try:
     VERSION = metadata.version("oss-bulk-downloader")
 except metadata.PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0+source"
+
+
+class StartError(UsageError):
+    """The service cannot start; `key` and `params` let a window say it in its own language."""
+
+    def __init__(self, key: str, message: str, **params):
+        super().__init__(message)
+        self.key, self.params = key, params
 
 
 @dataclass
@@ -52,11 +67,21 @@ class BridgeSettings:
     http_connect_timeout: float = 30.0
     download_read_timeout: float = 3600.0  # 0: no limit
     personal_base_token: str = field(default="", repr=False)
-    allowed_origins: list = field(default_factory=lambda: list(DEFAULT_ORIGINS))
-    max_message_bytes: int = 4 * 1024 * 1024
+    allow_origins: list[str] = field(default_factory=list)  # besides Feishu/Lark pages and localhost
+    max_message_bytes: int = 8 * MiB  # larger messages get an error ack (the plugin sends 50 files a batch)
+    max_frame_bytes: int = 64 * MiB  # larger ones are not even read: the connection is closed (1009)
     feishu_base_url: str | None = None  # the Open API; None: Feishu's own
     api_requests_per_second: float = 2.0  # the personal base token's limit
     retry_backoff: float = 1.0
+
+
+@dataclass
+class _File:
+    req: p.FileRequest
+    rel: str
+    state: str = "queued"  # queued | active | done | failed
+    attempts: int = 0
+    size: int = 0  # bytes saved
 
 
 class Job:
@@ -65,182 +90,301 @@ class Job:
     def __init__(self, service: "BridgeService", config: p.JobConfig, send: Callable):
         self.service, self.config, self.send = service, config, send
         settings = service.settings
-        self.folder = _unique_folder(settings.output, clean_segment(config.folder_name))
-        self.folder.mkdir(parents=True)
+        self.name = config.folder_name
+        self.folder = _new_folder(settings.output, clean_segment(self.name))
         self.out = Output(self.folder)
         self.manifest = Manifest(self.folder)
-        self.limit = asyncio.Semaphore(min(config.concurrent or settings.download_concurrency,
-                                           settings.download_concurrency))
-        self.requests: dict[str, tuple[p.FileRequest, str]] = {}
-        self.tasks: list[asyncio.Task] = []
-        self.outcomes: dict[str, Outcome] = {}
-        self.refreshes: dict[int, asyncio.Future] = {}
+        self.run_id = config.job_id or "job"
+        self.files: dict[str, _File] = {}
         self.paths = UniquePaths()
-        # Token mode: links come from the Bitable API (the Feishu flow's code), batched within its rate limit.
-        self.links = (LinkBroker(service.feishu_client(), config.table_id)
-                      if config.download_mode == "token" else None)
+        self.queue: asyncio.Queue[tuple[_File, bool]] = asyncio.Queue()
+        self.workers = [asyncio.create_task(self._work()) for _ in range(settings.download_concurrency)]
+        # Token mode: links come from the Bitable API (the Feishu flow's client), batched within its rate
+        # limit; url mode: from the plugin.
+        self.token_links = (LinkBroker(service.feishu_client(), config.table_id)
+                            if config.download_mode == "token" else None)
+        self.plugin_links = PluginLinks(send) if config.download_mode == "url" else None
+        self.accepting = True
         self.connected = True
+        self.complete_requested = False
+        self.finishing: asyncio.Task | None = None
         self.finished = False
-        self.active = 0
-        self.recorded = service.recorder.begin(f"{config.job_id or 'job'}-{id(self)}", config.folder_name,
-                                               str(self.folder), config.total)
+        self.result: dict = {}
+        self._background: set[asyncio.Task] = set()
         self._progress_at = 0.0
+        self.recorded = service.recorder.begin(f"{self.run_id}-{id(self)}", self.name, str(self.folder),
+                                               config.total)
+
+    # -- counters (the desktop's status card) -------------------------------------------------------
+    def counts(self) -> dict:
+        states = [f.state for f in self.files.values()]
+        done, failed, active = states.count("done"), states.count("failed"), states.count("active")
+        expected = max(self.config.total, len(states)) if self.accepting else len(states)  # all sent
+        return {"name": self.name, "folder": str(self.folder), "completed": done, "failed": failed,
+                "current": active, "pending": expected - done - failed - active}
 
     # -- files ------------------------------------------------------------------------------------
-    def add(self, req: p.FileRequest) -> None:
-        if len(self.requests) >= p.MAX_FILES_PER_JOB:
-            raise p.ProtocolError(f"too many files: at most {p.MAX_FILES_PER_JOB} per job")
-        if req.key in self.requests:
-            raise p.ProtocolError(f"file {req.name!r} (order {req.order}) was already sent")
-        if self.links is not None and not req.token:
-            raise p.ProtocolError(f"invalid file {req.name!r}: token mode needs the attachment's token")
-        rel = self._place(req)
-        self.requests[req.key] = (req, rel)
-        if self.links is not None:
-            self.links.expect([_attachment(req)])
-        self.tasks.append(asyncio.create_task(self._download(req, rel)))
-
-    def _place(self, req: p.FileRequest) -> str:
-        """A unique, safe relative path: the plugin's folder path and name, cleaned; name_1.ext on clashes."""
-        folders = [clean_segment(s) for s in re.split(r"[/\\]+", req.path) if s.strip(" .")]
+    def add(self, item) -> None:
+        req = p.file_request(item)
+        if not self.accepting:
+            raise p.ProtocolError("the job is finishing: no more files are taken", req.order)
+        if len(self.files) >= p.MAX_FILES_PER_JOB:
+            raise p.ProtocolError(f"too many files: at most {p.MAX_FILES_PER_JOB} per job", req.order)
+        if req.key in self.files:
+            raise p.ProtocolError(f"file {req.name[:100]!r} (order {req.order}) was already sent", req.order)
+        if self.token_links is not None and not req.token:
+            raise p.ProtocolError(f"invalid file {req.name[:100]!r}: token mode needs the attachment's token",
+                                  req.order)
+        folders = [clean_segment(s) for s in req.path.replace("\\", "/").split("/") if s.strip(" .")]
         try:
-            return self.paths.claim(folders, clean_segment(req.name))
+            rel = self.paths.claim(folders, clean_segment(req.name))
         except ValueError as exc:
-            raise p.ProtocolError(str(exc)) from None
-
-    async def _download(self, req: p.FileRequest, rel: str, fresh: bool = False) -> Outcome:
-        """Up to ATTEMPTS tries (retryable errors only); the plugin hears of the result either way."""
-        link = {"url": "" if fresh else req.download_url}
-
-        async def sign(refresh: bool):
-            if self.links is not None:
-                return await self.links.link(_attachment(req), refresh or fresh)
-            if refresh or not link["url"]:
-                link["url"] = await self._fresh_link(req)
-            return link["url"]
-
-        async with self.limit:
-            self.active += 1
-            try:
-                for attempts in range(1, ATTEMPTS + 1):
-                    try:
-                        got = await self.service.engine.fetch(sign, self.out, rel, req.size or UNKNOWN_SIZE, "",
-                                                              link_expired)
-                        break
-                    except Exception as exc:  # noqa: BLE001 - reported to the plugin
-                        error = as_download_error(exc)
-                        if not error.retryable or attempts == ATTEMPTS:
-                            return await self._failed(req, rel, attempts, error)
-                        await asyncio.sleep(self.service.settings.retry_backoff * 2 ** (attempts - 1))
-            finally:
-                self.active -= 1
-        outcome = Outcome(req.key, got.size, "", attempts, bytes_fetched=got.size, path=rel)
-        self._finish(outcome)
-        await self.send(p.ack("success", f"saved {rel}", stage="file", order=req.order, name=rel.rpartition("/")[2],
-                              path=rel,
-                              size=got.size))
-        return outcome
-
-    async def _failed(self, req: p.FileRequest, rel: str, attempts: int, error: DownloadError) -> Outcome:
-        outcome = Outcome(req.key, req.size, "", attempts, str(error), error.retryable, path=rel)
-        self._finish(outcome)
-        await self.send(p.ack("error", f"{req.name}: {error}", stage="file", order=req.order, name=req.name,
-                              attempts=attempts, reason=str(error)))
-        return outcome
-
-    async def _fresh_link(self, req: p.FileRequest) -> str:
-        if req.order is None:
-            raise DownloadError("the link expired and the file has no order to ask for a new one")
-        if not self.connected:
-            raise DownloadError("the plugin disconnected: no fresh link can be asked for")
-        future = asyncio.get_running_loop().create_future()
-        self.refreshes[req.order] = future
-        await self.send(p.ack("refresh", "need a download link", order=req.order, stage="refresh"))
-        try:
-            return await asyncio.wait_for(future, REFRESH_WAIT)
-        except asyncio.TimeoutError:
-            raise DownloadError("the plugin sent no fresh link in time", retryable=True) from None
-        finally:
-            self.refreshes.pop(req.order, None)
-
-    def on_refresh(self, data: dict) -> None:
-        try:
-            order = int(data.get("order"))
-        except (TypeError, ValueError):
-            raise p.ProtocolError("refresh without a valid order") from None
-        future = self.refreshes.get(order)
-        if future is None or future.done():
-            raise p.ProtocolError(f"no link was requested for order {order}")
-        if data.get("downloadUrl"):
-            future.set_result(str(data["downloadUrl"]))
+            raise p.ProtocolError(str(exc), req.order) from None
+        f = self.files[req.key] = _File(req, rel)
+        if self.token_links is not None:
+            self.token_links.expect([_attachment(req)])
         else:
-            future.set_exception(DownloadError(f"the plugin could not refresh the link: {data.get('error') or 'no URL'}"))
+            self.plugin_links.offer(req.order, req.download_url)
+        self.queue.put_nowait((f, False))
 
-    def _finish(self, outcome: Outcome) -> None:
-        self.outcomes[outcome.key] = outcome
-        self.manifest.add([outcome], self.config.job_id or "job")
+    async def _work(self) -> None:
+        while True:
+            f, fresh = await self.queue.get()
+            try:
+                await self._download(f, fresh)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker: the file fails
+                log.error("%s: unexpected %s: %s", f.rel, type(exc).__name__, exc)
+                await self._failed(f, DownloadError(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self.queue.task_done()
+
+    def _signer(self, f: _File, fresh: bool):
+        if self.token_links is None:
+            if fresh:
+                self.plugin_links.forget(f.req.order)
+            return self.plugin_links.signer(f.req)
+        att, first = _attachment(f.req), [fresh]
+
+        def sign(refresh: bool):
+            refresh, first[0] = refresh or first[0], False
+            return self.token_links.link(att, refresh)
+        return sign
+
+    async def _download(self, f: _File, fresh: bool) -> None:
+        """Up to ATTEMPTS tries (retryable errors only); the plugin hears of the result either way."""
+        req = f.req
+        sign = self._signer(f, fresh)
+        f.state = "active"
+        self.service.changed()
+        for attempt in range(1, ATTEMPTS + 1):
+            f.attempts += 1
+            try:
+                got = await self.service.engine.fetch(sign, self.out, f.rel, req.size or UNKNOWN_SIZE, "",
+                                                      link_expired, on_bytes=self._progress(f))
+                break
+            except Exception as exc:  # noqa: BLE001 - reported to the plugin
+                error = as_download_error(exc)
+                if not error.retryable or attempt == ATTEMPTS:
+                    await self._failed(f, error)
+                    return
+                await asyncio.sleep(self.service.settings.retry_backoff * 2 ** (attempt - 1))
+        f.state, f.size = "done", got.size
+        self._record(Outcome(req.key, got.size, "", f.attempts, bytes_fetched=got.size, path=f.rel))
+        log.info("%s: saved %s (%s)", self.name, f.rel, human_bytes(got.size), extra={"bridge_event": True})
+        self.service.event("file", job=self.name, ok=True, path=f.rel, size=got.size)
+        await self.send(p.ack("success", f"saved {f.rel}", stage="file", order=req.order, name=f.rel.rpartition("/")[2],
+                              path=f.rel, size=got.size))
+
+    async def _failed(self, f: _File, error: DownloadError) -> None:
+        f.state = "failed"
+        self._record(Outcome(f.req.key, f.req.size, "", f.attempts, str(error), error.retryable, path=f.rel))
+        log.warning("%s: failed %s: %s", self.name, f.rel, error, extra={"bridge_event": True})
+        self.service.event("file", job=self.name, ok=False, path=f.rel, error=str(error))
+        await self.send(p.ack("error", f"{f.req.name}: {error}", stage="file", order=f.req.order, name=f.req.name,
+                              path=f.rel, attempts=f.attempts, reason=str(error)))
+
+    def _progress(self, f: _File):
+        """on_bytes for one attempt: a progress ack at most every PROGRESS_EVERY seconds (large files)."""
+        order, size = f.req.order, f.req.size
+        if order is None or size < PROGRESS_MIN_BYTES:
+            return None
+        loop = asyncio.get_running_loop()
+        state = {"bytes": 0, "at": loop.time(), "sent": -1}
+
+        def on_bytes(n: int) -> None:
+            state["bytes"] += n
+            now = loop.time()
+            if now - state["at"] >= PROGRESS_EVERY:
+                percentage = min(99, state["bytes"] * 100 // size)
+                if percentage > state["sent"]:
+                    state["at"], state["sent"] = now, percentage
+                    self._spawn(self._send_progress(f, percentage))
+        return on_bytes
+
+    async def _send_progress(self, f: _File, percentage: int) -> None:
+        if f.state == "active":  # not after its result
+            await self.send(p.ack("progress", f"{percentage}%", stage="progress", order=f.req.order,
+                                  percentage=percentage, name=f.req.name))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _record(self, outcome: Outcome) -> None:
+        self.manifest.add([outcome], self.run_id)
         self.service.changed()
         loop = asyncio.get_running_loop()
-        if loop.time() - self._progress_at >= PROGRESS_EVERY:
+        if loop.time() - self._progress_at >= PROGRESS_EVERY:  # the job as a whole (no order)
             self._progress_at = loop.time()
-            total = max(self.config.total, len(self.requests))
-            done = len(self.outcomes)
-            asyncio.create_task(self.send(p.ack("progress", f"{done}/{total}", stage="progress",
-                                                percentage=round(100 * done / total, 1) if total else 0,
-                                                completed=done, total=total)))
+            c = self.counts()
+            total = c["completed"] + c["failed"] + c["current"] + c["pending"]
+            finished = c["completed"] + c["failed"]
+            self._spawn(self.send(p.ack("progress", f"{finished}/{total}", stage="progress",
+                                        percentage=round(100 * finished / total, 1) if total else 0,
+                                        completed=c["completed"], failed=c["failed"], total=total)))
 
     # -- the end of a job -----------------------------------------------------------------------
-    async def complete(self) -> None:
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        retry = [self.requests[k] for k, o in self.outcomes.items() if not o.ok]
-        if retry:  # once more, with fresh links
-            await asyncio.gather(*(self._download(req, rel, fresh=True) for req, rel in retry),
-                                 return_exceptions=True)
+    def complete(self) -> None:
+        self.complete_requested = True
+        self._finish_soon()
+
+    def disconnected(self) -> None:
+        """The plugin's socket closed. Token mode: the job goes on alone (the plugin closes right after
+        complete). Url mode: what has a link goes on; nothing new can be asked for; the job is finished
+        either way, so its CSV, ZIP and log line exist."""
+        self.connected = False
+        if self.plugin_links is not None:
+            self.plugin_links.disconnect()
+        if not self.complete_requested and not self.finished:
+            log.warning("%s: the plugin disconnected before the job was complete; finishing with the %d"
+                        " file(s) it sent", self.name, len(self.files), extra={"bridge_event": True})
+            self.service.event("disconnected", job=self.name, files=len(self.files))
+        self._finish_soon()
+
+    def _finish_soon(self) -> None:
+        if self.finishing is None:
+            self.finishing = asyncio.create_task(self._finish())
+
+    async def _finish(self) -> None:
+        try:
+            await self.queue.join()
+            self.accepting = False
+            retry = [f for f in self.files.values() if f.state == "failed"]
+            if retry and (self.token_links is not None or self.connected):  # url mode needs the plugin
+                log.info("%s: retrying %d failed file(s) with new links", self.name, len(retry),
+                         extra={"bridge_event": True})
+                self.service.event("retry", job=self.name, count=len(retry))
+                await self.send(p.ack("success", f"retrying {len(retry)} failed file(s)",
+                                      stage="retry_failed_files", failed=len(retry)))
+                for f in retry:
+                    self.queue.put_nowait((f, True))
+                await self.queue.join()
+            await self._report()
+        except Exception as exc:  # noqa: BLE001 - one line, and the job still ends
+            log.error("%s: the job could not be finished: %s: %s", self.name, type(exc).__name__, exc,
+                      extra={"bridge_event": True})
+            self.service.event("refused", reason=f"{self.name}: {type(exc).__name__}: {exc}")
+            self.close_files()
+            self.result = {**self.counts(), "csv": None, "zip": None, "finished_at": time.strftime("%H:%M:%S")}
+            self.finished = True
+            self.service.changed()
+            await self.send(p.ack("error", f"the job could not be finished: {type(exc).__name__}: {exc}",
+                                  stage="protocol"))
+        finally:
+            for worker in self.workers:
+                worker.cancel()
+
+    async def _report(self) -> None:
         loop = asyncio.get_running_loop()
-        run_id = self.config.job_id or "job"
-        csv_path, first_rows = await loop.run_in_executor(None, write_failed_csv, self.manifest, run_id,
-                                                          self.out, FAILED_CSV_NAME, True)
-        ok = sum(o.ok for o in self.outcomes.values())
-        failed = len(self.outcomes) - ok
-        if self.recorded:
-            self.recorded({"listed": len(self.outcomes), "downloaded": ok, "failed": failed,
-                           "bytes": sum(o.bytes_fetched for o in self.outcomes.values()),
-                           "failed_csv": csv_path, "first_rows": first_rows})
-        if self.config.zip_after_download:
+        if not self.files:
+            await loop.run_in_executor(None, self._discard_empty)
+            log.info("%s: no files were sent; nothing kept", self.name, extra={"bridge_event": True})
+        csv_path, first_rows = (await loop.run_in_executor(
+            None, write_failed_csv, self.manifest, self.run_id, self.out, FAILED_CSV_NAME, True)
+            if self.files else (None, []))
+        c = self.counts()
+        zip_path = None
+        if self.config.zip_after_download and c["completed"]:
             from tasks.zipper import zip_folder
-            zip_path = self.folder.with_name(self.folder.name + ".zip")
-            await loop.run_in_executor(None, zip_folder, self.folder, zip_path, self.folder.name)
-            await self.send(p.ack("success", f"zipped {zip_path.name}", stage="zip", path=str(zip_path)))
+            try:
+                zip_path = self.folder.with_name(self.folder.name + ".zip")
+                await loop.run_in_executor(None, zip_folder, self.folder, zip_path, self.folder.name)
+            except OSError as exc:
+                log.error("%s: the ZIP could not be written: %s", self.name, exc.strerror or exc,
+                          extra={"bridge_event": True})
+                self.service.event("zip_failed", job=self.name, reason=str(exc.strerror or exc))
+                zip_path = None
+            else:
+                await self.send(p.ack("success", f"zipped {zip_path.name}", stage="zip", path=str(zip_path)))
+        self.close_files()
+        self.result = {**c, "csv": str(csv_path) if csv_path else None, "zip": str(zip_path) if zip_path else None,
+                       "finished_at": time.strftime("%H:%M:%S")}
+        self.finished = True
+        if self.recorded:
+            self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"],
+                           "bytes": sum(f.size for f in self.files.values()),
+                           "failed_csv": csv_path, "first_rows": first_rows})
+        if self.files:
+            log.info("%s: job finished: %d saved, %d failed in %s%s%s", self.name, c["completed"], c["failed"],
+                     self.folder, f"; failures listed in {csv_path}" if csv_path else "",
+                     f"; ZIP: {zip_path}" if zip_path else "", extra={"bridge_event": True})
+        self.service.event("job_finished", **self.result)
+        await self.send(p.ack("success" if not c["failed"] else "error",
+                              f"job finished: {c['completed']} saved, {c['failed']} failed", stage="job_complete",
+                              jobId=self.config.job_id, completed=c["completed"], failed=c["failed"],
+                              folder=str(self.folder), failedCsv=self.result["csv"], zip=self.result["zip"]))
+
+    def close_files(self) -> None:
         self.manifest.close()
         self.out.close()
-        self.finished = True
-        self.service.changed()
-        await self.send(p.ack("success" if not failed else "error",
-                              f"job finished: {ok} saved, {failed} failed", stage="job_complete",
-                              jobId=self.config.job_id, completed=ok, failed=failed, folder=str(self.folder),
-                              failedCsv=str(csv_path) if csv_path else None))
+
+    def _discard_empty(self) -> None:
+        """A job without a single file leaves no folder behind (its manifest and work area only)."""
+        self.close_files()
+        for suffix in ("", "-wal", "-shm"):
+            (self.folder / (MANIFEST_NAME + suffix)).unlink(missing_ok=True)
+        shutil.rmtree(self.folder / WORK_DIR, ignore_errors=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+    def abandon(self) -> None:
+        """The service stops with this job unfinished: what finished stays recorded; reruns resume."""
+        self.close_files()
+        if self.recorded:
+            c = self.counts()
+            self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"]})
 
 
 def _attachment(req: p.FileRequest) -> Attachment:
     return Attachment(req.token, req.field_id, req.record_id)
 
 
-def _unique_folder(output: Path, name: str) -> Path:
-    folder = output / name
+def _new_folder(output: Path, name: str) -> Path:
+    """output/name, or name_1, name_2 ... when that folder or its ZIP exists (an earlier job's)."""
     n = 0
-    while folder.exists():
+    while True:
+        folder = output / (f"{name}_{n}" if n else name)
+        if not folder.with_name(folder.name + ".zip").exists():
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                pass
         n += 1
-        folder = output / f"{name}_{n}"
-    return folder
 
 
 class BridgeService:
-    def __init__(self, settings: BridgeSettings, on_event: Callable[[str, str], None] | None = None):
+    def __init__(self, settings: BridgeSettings, on_event: Callable[[str, dict], None] | None = None):
         self.settings = settings
-        self.on_event = on_event or (lambda kind, message: None)
+        self.on_event = on_event or (lambda kind, info: None)
+        self.origins = Origins(settings.allow_origins)
         self.engine: Engine | None = None
         self.jobs: list[Job] = []
         self.connections = 0
+        self.stopping = False
         self._feishu: FeishuClient | None = None
         self._server = None
         self.port = settings.port
@@ -248,7 +392,10 @@ class BridgeService:
     # -- lifecycle (called from any thread) -------------------------------------------------------
     def start(self) -> "BridgeService":
         s = self.settings
-        s.output = prepare_output(s.output)
+        try:
+            s.output = prepare_output(s.output)
+        except UsageError as exc:
+            raise StartError("output_not_writable", str(exc), path=str(s.output)) from None
         from bridge.record import JobRecorder
         self.recorder = JobRecorder()
         if s.host not in ("127.0.0.1", "localhost", "::1"):
@@ -258,46 +405,66 @@ class BridgeService:
             self._server = self.engine.run(self._listen())
         except OSError as exc:
             self.engine.close()
-            raise UsageError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
+            self.engine = None
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                raise StartError("port_in_use", f"cannot listen on {s.host}:{s.port}: the port is in use"
+                                 " (another download service may be running)", host=s.host, port=s.port) from None
+            raise StartError("cannot_listen", f"cannot listen on {s.host}:{s.port}: {reason}", host=s.host,
+                             port=s.port, reason=reason) from None
         self.port = self._server.sockets[0].getsockname()[1]
-        self.on_event("started", f"listening on ws://{s.host}:{self.port}")
-        log.info("listening on ws://%s:%s, saving to %s", s.host, self.port, s.output)
+        log.info("listening on ws://%s:%s, saving to %s, %d downloads at once", s.host, self.port, s.output,
+                 s.download_concurrency, extra={"bridge_event": True})
+        self.event("started", host=s.host, port=self.port, output=str(s.output))
         return self
 
     async def _listen(self):
-        return await serve(self._handle, self.settings.host, self.settings.port,
-                           origins=self.settings.allowed_origins, max_size=self.settings.max_message_bytes)
+        s = self.settings
+        return await serve(self._handle, s.host, s.port, process_request=self._check_origin,
+                           max_size=s.max_frame_bytes, close_timeout=1,
+                           logger=_OneLine(logging.getLogger("websockets.server")))
 
     def stop(self) -> None:
+        """Within STOP_SECONDS, also when a client ignores the close handshake. Unfinished jobs stay
+        resumable: their manifests say what is done."""
         if self.engine is None:
             return
+        deadline = time.monotonic() + STOP_SECONDS
+        self.stopping = True
         if self._server is not None:
             self._server.close()
-            self.engine.run(self._server.wait_closed(), timeout=10)
-        for job in self.jobs:
-            if not job.finished:
-                job.manifest.close()
-                job.out.close()
-                if job.recorded:
-                    job.recorded({"listed": len(job.requests), "downloaded": sum(o.ok for o in job.outcomes.values()),
-                                  "failed": sum(not o.ok for o in job.outcomes.values())})
+            try:
+                self.engine.run(self._server.wait_closed(), timeout=2.0)
+            except TimeoutError:
+                log.info("a client did not close its connection in time: dropped")
         if self._feishu is not None:
-            self.engine.run(self._feishu.close(), timeout=10)
+            try:
+                self.engine.run(self._feishu.close(), timeout=0.5)
+            except TimeoutError:
+                pass
             self._feishu = None
         self.engine.close()  # cancels what is in flight; partial files stay resumable
         self.engine = None
-        self.recorder.wait()
-        self.on_event("stopped", "stopped")
+        for job in self.jobs:
+            if not job.finished:
+                job.abandon()
+        self.recorder.wait(max(0.2, deadline - time.monotonic()))
+        self.event("stopped")
 
     def status(self) -> dict:
-        outcomes = [o for job in self.jobs for o in job.outcomes.values()]
-        queued = sum(len(job.requests) for job in self.jobs)
-        return {"connected": self.connections > 0, "completed": sum(o.ok for o in outcomes),
-                "failed": sum(not o.ok for o in outcomes), "pending": queued - len(outcomes),
-                "current": sum(job.active for job in self.jobs)}
+        """The current job's counters (the latest unfinished one) and a line per finished job."""
+        jobs = list(self.jobs)
+        current = next((j for j in reversed(jobs) if not j.finished), None)
+        counts = current.counts() if current else {"name": "", "current": 0, "completed": 0, "pending": 0,
+                                                    "failed": 0}
+        return {"connected": self.connections > 0, **counts, "job": counts["name"],
+                "history": [dict(j.result, name=j.name) for j in jobs if j.finished and j.files]}
 
     def changed(self) -> None:
-        self.on_event("status", "")
+        self.on_event("status", {})
+
+    def event(self, kind: str, **info) -> None:
+        self.on_event(kind, info)
 
     def feishu_client(self) -> FeishuClient:
         """One Bitable API client for the service: one rate limit for all token-mode jobs."""
@@ -309,13 +476,26 @@ class BridgeService:
         return self._feishu
 
     # -- one WebSocket connection -----------------------------------------------------------------
+    def _check_origin(self, connection, request):
+        origins = request.headers.get_all("Origin")
+        origin = origins[0] if len(origins) == 1 else None if not origins else ", ".join(origins)
+        if self.origins.allows(origin):
+            return None
+        origin = origin[:200]
+        log.warning("refused a connection from %s: not a Feishu/Lark page; to allow it, start with"
+                    " --allow-origin %s (desktop app: advanced settings, allowed origins)", origin, origin,
+                    extra={"bridge_event": True})
+        self.event("origin_refused", origin=origin)
+        return connection.respond(HTTPStatus.FORBIDDEN, "This page may not use the download service.\n")
+
     async def _handle(self, ws) -> None:
         self.connections += 1
         self.changed()
         job: Job | None = None
+        sending = asyncio.Lock()
 
         async def send(text: str) -> None:
-            if job is None or job.connected:
+            async with sending:
                 try:
                     await ws.send(text)
                 except ConnectionClosed:
@@ -323,43 +503,81 @@ class BridgeService:
         try:
             async for raw in ws:
                 try:
-                    kind, data = p.parse(raw)
-                    if kind == p.PROBE:
-                        await send(p.ack("success", "ready", stage="server_info", version=VERSION))
-                    elif kind == p.CONFIG:
-                        if job is not None and not job.finished:
-                            raise p.ProtocolError("a job is already running on this connection")
-                        config = p.job_config(data)
-                        if config.download_mode == "token" and not self.settings.personal_base_token:
-                            raise p.ProtocolError("token mode needs a personal base token: set PERSONAL_BASE_TOKEN"
-                                                  " or start the service with --personal-base-token")
-                        job = Job(self, config, send)
-                        self.jobs.append(job)
-                        self.on_event("job", f"job {config.folder_name}: saving to {job.folder}")
-                        await send(p.ack("success", "config accepted", stage="server_info", version=VERSION,
-                                         jobId=config.job_id, folder=str(job.folder)))
-                    elif kind == p.LINK:
-                        if job is None:
-                            raise p.ProtocolError("send feishu_attachment_config before any file")
-                        for req in p.file_requests(data):
-                            job.add(req)
-                        self.changed()
-                    elif kind == p.REFRESH:
-                        if job is None:
-                            raise p.ProtocolError("no job on this connection")
-                        job.on_refresh(data)
-                    elif kind == p.COMPLETE:
-                        if job is None:
-                            raise p.ProtocolError("no job on this connection")
-                        asyncio.create_task(job.complete())
-                    else:
-                        raise p.ProtocolError(f"unknown message type {kind!r}")
+                    job = await self._message(raw, job, send)
                 except p.ProtocolError as exc:
-                    await send(p.ack("error", str(exc), stage="protocol"))
+                    log.warning("refused a message: %s", exc, extra={"bridge_event": True})
+                    self.event("refused", reason=str(exc))
+                    await send(_error_ack(exc))
+                except Exception as exc:  # noqa: BLE001 - one line; the connection stays usable
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.error("could not handle a message: %s", reason, extra={"bridge_event": True})
+                    self.event("refused", reason=reason)
+                    await send(p.ack("error", f"internal error: {type(exc).__name__}", stage="protocol"))
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
-            if job is not None:
-                job.connected = False  # the job goes on; links can no longer be refreshed
+            if job is not None and not job.finished and not self.stopping:
+                job.disconnected()
             self.changed()
+
+    async def _message(self, raw, job: Job | None, send: Callable) -> Job | None:
+        kind, data = p.parse(raw, self.settings.max_message_bytes)
+        if kind == p.PROBE:
+            await send(p.ack("success", "ready", stage="server_info", version=p.PROTOCOL_VERSION,
+                             serviceVersion=VERSION))
+        elif kind == p.CONFIG:
+            if job is not None and not job.finished:
+                raise p.ProtocolError("a job is already running on this connection")
+            config = p.job_config(data)
+            if config.download_mode == "token" and not self.settings.personal_base_token:
+                raise p.ProtocolError("token mode needs a personal base token: set PERSONAL_BASE_TOKEN"
+                                      " or start the service with --personal-base-token")
+            job = Job(self, config, send)
+            self.jobs.append(job)
+            n = self.settings.download_concurrency
+            log.info("%s: new %s-mode job of %d file(s), saving to %s, %d downloads at once", job.name,
+                     config.download_mode, config.total, job.folder, n, extra={"bridge_event": True})
+            self.event("job_started", job=job.name, folder=str(job.folder), mode=config.download_mode,
+                       total=config.total)
+            await send(p.ack("success", "config accepted", stage="server_info", version=p.PROTOCOL_VERSION,
+                             serviceVersion=VERSION, jobId=config.job_id, folder=str(job.folder), concurrency=n))
+        elif kind == p.LINK:
+            if job is None:
+                raise p.ProtocolError("send feishu_attachment_config before any file")
+            for item in p.file_items(data):
+                try:
+                    job.add(item)
+                except p.ProtocolError as exc:  # this file only; the batch's other files go on
+                    log.warning("%s: refused a file: %s", job.name, exc, extra={"bridge_event": True})
+                    self.event("refused", reason=str(exc))
+                    await send(_error_ack(exc))
+            self.changed()
+        elif kind == p.REFRESH:
+            if job is None or job.plugin_links is None:
+                log.info("ignored a link from the plugin: no url-mode job on this connection")
+            else:
+                job.plugin_links.answer(data)
+        elif kind == p.COMPLETE:
+            if job is None:
+                raise p.ProtocolError("no job on this connection")
+            job.complete()
+        else:
+            raise p.ProtocolError(f"unknown message type {kind[:60]!r}")
+        return job
+
+
+class _OneLine(logging.LoggerAdapter):
+    """websockets logs a traceback for each malformed handshake (a browser opening the port as a web page,
+    a port scanner): one line with the reason instead."""
+
+    def process(self, msg, kwargs):
+        if kwargs.pop("exc_info", None) and sys.exc_info()[1] is not None:
+            msg = f"{msg}: {str(sys.exc_info()[1]).replace('%', '%%')}"
+        return msg, kwargs
+
+
+def _error_ack(exc: p.ProtocolError) -> str:
+    if exc.order is not None:
+        return p.ack("error", str(exc), stage="file", order=exc.order)
+    return p.ack("error", str(exc), stage="protocol")

@@ -10,8 +10,9 @@ context manager. It serves:
 * ``GET /download/{file_token}?expires=..&sig=..``                 (the temporary link; no bearer)
 
 Every ``/open-apis`` call needs ``Authorization: Bearer <token>`` and passes a token bucket per app
-token (``rate_per_second``, burst 2). Media downloads honour ``Range`` and the injected faults
-(``MEDIA_FAULTS``: "status" | "reset" | "truncate" | "delay" | "short" | "trickle").
+token (``rate_per_second``, burst 2). ``batch_get_tmp_download_url`` refuses a whole batch (403) when
+one of its files is denied to the token, as Feishu does. Media downloads honour ``Range`` and the injected
+faults (``MEDIA_FAULTS``: "status" | "reset" | "truncate" | "delay" | "short" | "trickle").
 """
 from __future__ import annotations
 
@@ -110,9 +111,12 @@ class FeishuServer:
         self.link_ttl = link_ttl
         self.max_tmp_tokens = max_tmp_tokens
         self.counters: dict[str, int] = {}
+        self.tmp_url_tokens: list[str] = []
         self.auth_headers_seen: list[str] = []
         self._lock = threading.Lock()
         self._secret = secrets.token_bytes(16)
+        self._issued: dict[str, set[str]] = {}    # file_token -> expiry stamps of the links handed out
+        self._revoked: set[tuple[str, str]] = set()
         self._apps: dict[str, dict[str, _Table]] = {}
         self._files: dict[str, _File] = {}
         self._file_app: dict[str, str] = {}          # file_token -> app_token (learned in add_record)
@@ -222,6 +226,11 @@ class FeishuServer:
         with self._lock:
             self._files[file_token].deleted = True
 
+    def revoke_links(self, file_token: str) -> None:
+        """Every link handed out so far for this file is refused from now on, as an expired one is."""
+        with self._lock:
+            self._revoked.update((file_token, stamp) for stamp in self._issued.get(file_token, ()))
+
     def deny_file(self, file_token: str) -> None:
         with self._lock:
             self._files[file_token].denied = True
@@ -242,6 +251,7 @@ class FeishuServer:
         with self._lock:
             self.counters = {"api_calls": 0, "rate_limited": 0, "tmp_url_calls": 0, "media_gets": 0,
                              "expired_hits": 0, "max_media_in_flight": 0}
+            self.tmp_url_tokens = []   # every file token asked for, in order (repeats included)
             self.auth_headers_seen = []
             self._buckets.clear()
         self._faults.clear_counts()
@@ -408,10 +418,17 @@ class FeishuServer:
                                                 "description": f"1..{self.max_tmp_tokens} file_tokens"}]},
                          status=400)
         self._bump("tmp_url_calls")
+        with self._lock:
+            self.tmp_url_tokens.extend(tokens)
+            denied = [t for t in tokens if t in self._files and self._files[t].denied]
+        if denied:  # like Feishu: one file the token may not read refuses the whole batch
+            return _json(CODE_FORBIDDEN, "forbidden: no permission to read a file of file_tokens", status=403)
         expires = f"{time.time() + float(self.link_ttl):.3f}"
         urls = []
         with self._lock:
             known = [t for t in tokens if t in self._files]
+            for tok in known:
+                self._issued.setdefault(tok, set()).add(expires)
         for tok in known:
             urls.append({"file_token": tok,
                          "tmp_download_url": f"{self.base_url}/download/{tok}?expires={expires}"
@@ -433,6 +450,8 @@ class FeishuServer:
             expired = time.time() > float(expires)
         except ValueError:
             expired = True
+        with self._lock:
+            expired = expired or (file_token, expires) in self._revoked
         if expired:
             self._bump("expired_hits")
             return _json(CODE_URL_EXPIRED, "download url expired", status=400)

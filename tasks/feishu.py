@@ -205,11 +205,7 @@ class LinkBroker:
         loop = asyncio.get_running_loop()
         while self._waiting:
             batch = self._next_batch(loop.time())
-            try:
-                urls = await self.client.tmp_urls([a.file_token for a in batch], self._extra(batch))
-                error = None
-            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this batch
-                urls, error = {}, exc
+            urls, errors = await self._ask(batch)
             now = loop.time()
             for token, url in urls.items():
                 self._links[token] = (url, now)
@@ -220,8 +216,28 @@ class LinkBroker:
                     if att.file_token in urls:
                         future.set_result(urls[att.file_token])
                     else:
-                        future.set_exception(error or DownloadError(
+                        future.set_exception(errors.get(att.file_token) or DownloadError(
                             "no download link: the attachment was deleted or you have no permission to it"))
+
+    async def _ask(self, batch: list[Attachment]) -> tuple[dict[str, str], dict[str, Exception]]:
+        """Links for a batch. Feishu refuses a whole batch (403) when one of its files is denied to the
+        token: then each file is asked for alone, so only the denied one fails."""
+        try:
+            return await self.client.tmp_urls([a.file_token for a in batch], self._extra(batch)), {}
+        except Exception as exc:  # noqa: BLE001 - handed to the waiters of this batch
+            if len(batch) == 1 or not _refused_batch(exc):
+                return {}, {a.file_token: exc for a in batch}
+        urls, errors = {}, {}
+        for att in batch:
+            got, failed = await self._ask([att])
+            urls.update(got)
+            errors.update(failed)
+        return urls, errors
+
+
+def _refused_batch(exc: Exception) -> bool:
+    """A refusal that may concern only some of the batch's files (not the token, not the rate limit)."""
+    return isinstance(exc, HTTPStatusError) and exc.status in (400, 403, 404) and not exc.retryable
 
 
 @dataclass
@@ -283,7 +299,7 @@ class FeishuBackend:
         s = self.source
         records, next_token, more = self.engine.run(
             self.client.records(s.app_token, s.table_id, s.view_id, token, s.page_size))
-        objects, expected = [], []
+        objects = []
         for record in records:
             values = record.get("fields") or {}
             for name, field_id in self._fields.items():
@@ -294,13 +310,14 @@ class FeishuBackend:
                     objects.append(RemoteObject(f"{att.record_id}/{field_id}/{att.file_token}",
                                                 _size(cell),
                                                 path=self.naming.place(values, cell.get("name", ""))))
-                    expected.append(att)
-        self.links.expect(expected)
         return Page(objects, next_token if more else None, more)
 
     def signer(self, key: str):
+        """Asked for each file about to be downloaded (not for those already present): its link rides
+        along in the batches of the files before it."""
         record_id, field_id, file_token = key.split("/", 2)
         att = Attachment(file_token, field_id, record_id)
+        self.links.expect([att])
         return lambda refresh: self.links.link(att, refresh)
 
     def link_expired(self, err: HTTPStatusError) -> bool:

@@ -20,11 +20,15 @@ def _cap_bytes(text: str, limit: int) -> str:
 
 
 def clean_segment(text: str, limit: int = 200) -> str:
-    """One safe file or folder name: no separators, control or reserved characters, no dot names."""
+    """One safe file or folder name: no separators, control or reserved characters, no dot names.
+    A name longer than `limit` bytes is shortened before its extension, which it keeps."""
     text = _UNSAFE.sub("_", str(text)).strip().strip(".").strip()
     if _WINDOWS_RESERVED.match(text) or text.startswith(RESERVED_PREFIXES):
         text = "_" + text
-    return _cap_bytes(text, limit) or "_"
+    if len(text.encode("utf-8")) > limit:
+        stem, ext = split_name(text)
+        text = _cap_bytes(stem, limit - len(ext.encode("utf-8"))).rstrip(" .") + ext
+    return text or "_"
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -86,13 +90,15 @@ class AttachmentNaming:
 
     def place(self, record: dict, attachment_name: str) -> str:
         """The relative path of one attachment of a record (its `fields` dict)."""
-        folders = [clean_segment(cell_text(record.get(f), self.separator) or self.uncategorized)
+        # A cell holding only spaces is empty to a person: it goes where empty values go.
+        folders = [clean_segment(cell_text(record.get(f), self.separator).strip() or self.uncategorized)
                    for f in self.folder_fields[:2]]
-        original = clean_segment(attachment_name or "attachment")
+        original = clean_segment((attachment_name or "").strip() or "attachment")
         if self.name_fields:
-            texts = [cell_text(record.get(f), self.separator) for f in self.name_fields]
+            texts = [cell_text(record.get(f), self.separator).strip() for f in self.name_fields]
             joined = self.separator.join(t for t in texts if t)
             if joined:
-                name = clean_segment(joined) + split_name(original)[1]
+                ext = split_name(original)[1]
+                name = clean_segment(joined, 200 - len(ext.encode("utf-8"))) + ext
                 return self.paths.claim(folders, name)
         return self.paths.claim(folders, original)

@@ -1,11 +1,13 @@
 """The desktop app `feishu-desktop`, driven like a user would: a real window on a virtual X display (Xvfb),
-real mouse clicks and key presses (xdotool), a real plugin client over WebSocket.
+real mouse clicks and key presses (xdotool), the published plugin's client (tests/plugin_client.py) over
+WebSocket with links from the fake Feishu API.
 
 The app runs with --trace, printing each visible change (status line, status card, labels, widget
 geometry) as a JSON line: the test clicks where the app says its buttons are and checks what it shows.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,10 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from bridge.desktop.settings import save_config
+from infra.feishu_server import FeishuServer
+from tests.plugin_client import PublishedPlugin, cells_of
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
-pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
+needs_display = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
 
 
 # -- the X display ------------------------------------------------------------------------------------
@@ -58,10 +64,10 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 class App:
     """`python -m bridge.desktop --trace` on the display; collects its JSON trace lines."""
 
-    def __init__(self, display: str, home: Path, *args: str):
+    def __init__(self, display: str, home: Path, *args: str, **env: str):
         self.display = display
-        self.env = dict(os.environ, DISPLAY=display, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
-                        PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        self.env = {**os.environ, "DISPLAY": display, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
+                    "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(ROOT), **env}
         self.env.pop("PERSONAL_BASE_TOKEN", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "bridge.desktop", "--trace", *args], cwd=home,
                                      env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,7 +129,7 @@ class App:
 
     def type_into(self, name: str, text: str, since: int = 0) -> None:
         self.click(name, since)
-        self.xdotool("key", "End", *["BackSpace"] * 40)
+        self.xdotool("key", "End", "shift+Home", "BackSpace")  # select all, delete
         self.xdotool("type", "--delay", "10", text)
 
     def key(self, combo: str) -> None:
@@ -167,10 +173,10 @@ def screenshot(env: dict, box: list[int], dest: Path) -> tuple[int, int]:
     return len(png), len(colours)
 
 
-def probe(port: int):
+def probe(port: int, origin: str | None = None):
     """A plugin-like client: connects, probes, returns the open connection and the answer."""
     from websockets.sync.client import connect
-    ws = connect(f"ws://127.0.0.1:{port}", open_timeout=5)
+    ws = connect(f"ws://127.0.0.1:{port}", open_timeout=5, origin=origin)
     ws.send(json.dumps({"type": "feishu_attachment_probe", "data": {}}))
     return ws, json.loads(ws.recv(timeout=5))
 
@@ -181,29 +187,75 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_desktop_app_drives_the_service(tmp_path):
+
+def need_tools() -> None:
     for tool, package in (("xdotool", "xdotool"), ("xwd", "x11-apps")):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is needed to drive and capture the window (apt-get install {package})")
+
+
+def recording_opener(tmp_path: Path) -> tuple[Path, Path]:
+    """An xdg-open that notes what it was asked to open (there is no desktop session to show it in)."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "opened.txt"
+    bin_dir.mkdir()
+    opener = bin_dir / "xdg-open"
+    opener.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{record}"\n')
+    opener.chmod(0o755)
+    return bin_dir, record
+
+
+def run_plugin_job(plugin: PublishedPlugin, cells: list[dict], name: str) -> threading.Thread:
+    ended: list[str] = []
+    thread = threading.Thread(target=lambda: ended.append(asyncio.run(plugin.download_url_mode(cells, zip_name=name))),
+                              daemon=True)
+    thread.ended = ended
+    thread.start()
+    return thread
+
+
+@needs_display
+def test_desktop_app_drives_the_service(tmp_path):
+    need_tools()
     xvfb, display = start_xvfb()
+    fs = FeishuServer(rate_per_second=0).start()
+    fs.add_table("app", "tbl", [{"field_id": "fAtt", "field_name": "附件", "type": 17}])
+    bin_dir, opened = recording_opener(tmp_path)
+    out = tmp_path / "out"
     app = None
     ws = None
     taken = socket.socket()
     try:
-        app = App(display, tmp_path, "--port", "0", "--output", str(tmp_path / "out"))
-        # Chinese by default, service not running, advanced settings and log hidden.
+        app = App(display, tmp_path, "--port", "0", "--output", str(out), PATH=f"{bin_dir}:{os.environ['PATH']}")
+        # Chinese by default, service not running; advanced settings (with the token) and log hidden.
         labels = app.wait("labels", lang="zh")
         assert labels["labels"]["start"] == "启动服务"
         app.wait("card", state="not_running")
         widgets = app.settled_geometry(0, "start")
-        assert "port" not in widgets and "log_text" not in widgets and "advanced" in widgets
+        assert {"advanced", "open_folder", "output"} <= set(widgets)
+        assert not {"port", "token", "remember", "concurrency", "origins", "log_text"} & set(widgets)
         window_ids = app.xdotool("search", "--sync", "--classname", "feishu-desktop").split()
         assert window_ids, "the window is not on the display"
         assert "飞书附件下载服务" in [app.xdotool("getwindowname", w).strip() for w in window_ids]
         config = tmp_path / "config" / "oss-bulk-downloader" / "feishu-desktop.json"
 
-        # The token is masked, and saved (0600) only while "remember" is ticked.
-        app.type_into("token", "pbt-secret-123")
+        # "Open folder": a missing folder is one line; an existing one goes to the system's file manager.
+        m = app.mark()
+        app.click("open_folder")
+        app.wait("status", m, error=True, text=f"文件夹不存在：{out}")
+        out.mkdir()
+        m = app.mark()
+        app.click("open_folder")
+        app.wait("open_folder", m, path=str(out))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (opened.exists() and opened.read_text().strip()):
+            time.sleep(0.05)
+        assert opened.read_text().splitlines() == [str(out)]
+
+        # Advanced settings: the token is masked, and saved (0600) only while "remember" is ticked.
+        m = app.mark()
+        app.click("advanced")
+        app.wait("panels", m, advanced=True)
+        app.type_into("token", "pbt-secret-123", since=m)
         m = app.mark()
         app.click("remember")
         app.wait("status", m, text=lambda t: t.startswith("授权码已保存"))
@@ -213,62 +265,114 @@ def test_desktop_app_drives_the_service(tmp_path):
         app.click("remember")
         app.wait("status", m, text="已删除保存的授权码。")
         saved = json.loads(config.read_text())
-        assert "personal_base_token" not in saved and saved["output"] == str(tmp_path / "out")
+        assert "personal_base_token" not in saved and saved["output"] == str(out)
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
-        # Advanced settings: a bad port and a taken port are one line in the status line.
-        m = app.mark()
-        app.click("advanced")
-        app.wait("panels", m, advanced=True)
-        app.type_into("port", "99999", since=m)
+        # Bad values are one line each, in the window's language.
+        app.type_into("port", "99999")
         m = app.mark()
         app.click("start")
         app.wait("status", m, error=True, text="端口必须是 0–65535 之间的数字。")
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        app.type_into("port", str(taken.getsockname()[1]))
+        busy = taken.getsockname()[1]
+        app.type_into("port", str(busy))
         m = app.mark()
         app.click("start")
-        failed = app.wait("status", m, error=True, text=lambda t: "cannot listen on" in t)
-        assert failed["text"].startswith("错误：") and "Traceback" not in "".join(app.stderr)
+        app.wait("status", m, error=True, text=f"端口 {busy} 已被占用（可能另一个下载服务正在运行），请换一个端口。")
         app.wait("running", m, running=False)
         app.type_into("port", "0")
+        app.type_into("concurrency", "99")
+        m = app.mark()
+        app.click("start")
+        app.wait("status", m, error=True, text="同时下载数必须是 1–64 之间的数字。")
+        app.type_into("concurrency", "2")
+        app.type_into("origins", "app.example.com")
+        m = app.mark()
+        app.click("start")
+        app.wait("status", m, error=True, text=lambda t: t.startswith("“app.example.com”不是网页来源"))
+        widgets = app.settled_geometry(0, "origins")
+        size, colours = screenshot(app.env, widgets["window"], ARTIFACTS / "desktop-advanced.png")
+        assert size > 10_000 and colours > 20, (size, colours)
+        app.type_into("origins", "https://app.example.com")
 
-        # Start (mouse): a plugin client can probe the service and the card shows it connected.
+        # Start (mouse): the origin typed in is allowed, others are refused with a line in the log.
         m = app.mark()
         app.click("start")
         port = app.wait("running", m, running=True)["port"]
         assert port and port_open(port)
-        ws, answer = probe(port)
+        ws, answer = probe(port, origin="https://app.example.com")
         assert answer["type"] == "feishu_attachment_ack" and answer["data"]["stage"] == "server_info"
-        card = app.wait("card", m, connected=True)
-        assert card["text"] == "● 插件已连接"
+        assert app.wait("card", m, connected=True)["text"] == "● 插件已连接"
+        ws.close()
+        ws = None
+        with pytest.raises(Exception, match="403"):
+            probe(port, origin="https://evil.example.com")
+        app.wait("log", m, text=lambda t: t.startswith("已拒绝来自 https://evil.example.com 的连接"))
         assert app.wait("status", m, text=f"服务运行中：ws://127.0.0.1:{port}")
 
-        # The log panel (keyboard shortcut Ctrl+G) shows the service's log.
+        # A job: its own counters while it runs (pending = not started yet: in progress is not pending).
+        cells = cells_of(fs, "app", "tbl", [(f"f{i}.txt", f"data {i}".encode(), "资料") for i in range(4)]
+                         + [("secret.txt", b"no", "")])
+        for cell in cells[:4]:
+            fs.add_fault(cell["token"], "delay", seconds=1.5)
+        fs.deny_file(cells[4]["token"])
+        job = run_plugin_job(PublishedPlugin(port, fs), cells, "第一批")
+        app.wait("card", m, job="当前任务：第一批", counts={"current": 2, "pending": 3, "completed": 0, "failed": 0},
+                 timeout=20)
+        job.join(60)
+        assert job.ended == ["complete"]
+        card = app.wait("card", m, job="当前没有任务", history=lambda h: len(h or []) == 1, timeout=20)
+        assert card["history"][0].endswith("第一批：4 个成功，1 个失败")
+        for i in range(4):
+            app.wait("log", m, text=f"✓ 第一批：资料/f{i}.txt")
+        app.wait("log", m, text=lambda t: t.startswith("✗ 第一批：secret.txt 下载失败："))
+        app.wait("log", m, text=f"任务 第一批 结束：4 个成功，1 个失败。文件夹：{out / '第一批'}")
+        app.wait("log", m, text=f"　ZIP：{out / '第一批.zip'}")
+        app.wait("log", m, text=f"　失败清单：{out / '第一批' / '.oss-failed.csv'}")
+
+        # A second job is counted on its own: a second history line, nothing added to the first.
         m = app.mark()
+        second = run_plugin_job(PublishedPlugin(port, fs),
+                                cells_of(fs, "app", "tbl", [("g.txt", b"g", ""), ("h.txt", b"h", "")]), "第二批")
+        second.join(60)
+        card = app.wait("card", m, history=lambda h: len(h or []) == 2, timeout=20)
+        assert card["history"][0].endswith("第一批：4 个成功，1 个失败")
+        assert card["history"][1].endswith("第二批：2 个成功，0 个失败")
+        assert card["counts"] == {"current": 0, "pending": 0, "completed": 0, "failed": 0}
+
+        # The log panel (keyboard shortcut Ctrl+G), as a user sees it (advanced settings folded: Ctrl+J).
+        m = app.mark()
+        app.key("ctrl+j")
+        app.wait("panels", m, advanced=False)
         app.key("ctrl+g")
         app.wait("panels", m, log=True)
-        app.wait("log", 0, text=lambda t: f"listening on ws://127.0.0.1:{port}" in t)
+        app.wait("log", 0, text=lambda t: f"ws://127.0.0.1:{port}" in t)
         widgets = app.settled_geometry(m, "log_text")
         size, colours = screenshot(app.env, widgets["window"], ARTIFACTS / "desktop-app.png")
         assert size > 10_000 and colours > 20, (size, colours)
 
-        # Language switch (mouse): every label changes live, the card too.
+        # Language switch (mouse): labels, card, history and messages, errors included, change live.
         m = app.mark()
         app.click("lang")
         labels = app.wait("labels", m, lang="en")["labels"]
         assert labels == {"title": "Feishu attachment downloader", "start": "Start", "stop": "Stop", "lang": "中文",
                           "output": "Save to", "card": "Status"}
-        assert app.wait("card", m, text="● Plugin connected")
+        card = app.wait("card", m, text="○ Waiting for the plugin", job="No job running")
+        assert card["history"][1].endswith("第二批: 2 saved, 0 failed")
         assert app.wait("status", m, text=f"Running on ws://127.0.0.1:{port}")
-
-        # The plugin leaves; Stop (mouse) closes the port.
-        ws.close()
-        ws = None
-        app.wait("card", m, state="waiting", connected=False)
+        missing = tmp_path / "gone"
+        app.type_into("output", str(missing))
         m = app.mark()
-        app.click("stop", since=m)
+        app.click("open_folder")
+        app.wait("status", m, error=True, text=f"The folder does not exist: {missing}")
+        with pytest.raises(Exception, match="403"):
+            probe(port, origin="https://evil.example.com")
+        app.wait("log", m, text=lambda t: t.startswith("Refused a connection from https://evil.example.com"))
+
+        # Stop (mouse) closes the port.
+        m = app.mark()
+        app.click("stop")
         app.wait("running", m, running=False)
         app.wait("status", m, text="Service stopped.")
         assert not port_open(port)
@@ -284,6 +388,7 @@ def test_desktop_app_drives_the_service(tmp_path):
         assert not port_open(port)
         saved = json.loads(config.read_text())
         assert saved["language"] == "en" and "personal_base_token" not in saved
+        assert saved["download_concurrency"] == 2 and saved["allow_origins"] == ["https://app.example.com"]
     finally:
         taken.close()
         if ws is not None:
@@ -291,3 +396,48 @@ def test_desktop_app_drives_the_service(tmp_path):
         if app is not None:
             stop_process(app.proc)
         stop_process(xvfb)
+        fs.stop()
+
+
+@needs_display
+def test_the_window_starts_and_closes_when_its_settings_cannot_be_saved(tmp_path):
+    """On Windows before Python 3.13 saving used to raise (no os.fchmod): Start did nothing and the window
+    could not be closed. A settings folder that cannot be written must not stop either."""
+    need_tools()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    xvfb, display = start_xvfb()
+    app = None
+    try:
+        app = App(display, tmp_path, "--port", "0", "--output", str(tmp_path / "out"), "--start",
+                  XDG_CONFIG_HOME=str(blocker))
+        port = app.wait("running", running=True, timeout=20)["port"]
+        assert port_open(port)
+        app.settled_geometry(0, "start")
+        m = app.mark()
+        app.key("ctrl+q")
+        app.wait("closed", m)
+        assert app.proc.wait(15) == 0
+        assert not port_open(port)
+    finally:
+        if app is not None:
+            stop_process(app.proc)
+        stop_process(xvfb)
+
+
+def test_settings_are_saved_owner_only_without_fchmod(tmp_path, monkeypatch):
+    """As on Windows' CPython before 3.13, which has no os.fchmod; even with a permissive umask and a
+    world-readable leftover temp file."""
+    monkeypatch.delattr(os, "fchmod")
+    path = tmp_path / "cfg" / "feishu-desktop.json"
+    path.parent.mkdir()
+    path.with_name(path.name + ".tmp").write_text("old")
+    path.with_name(path.name + ".tmp").chmod(0o666)
+    old_umask = os.umask(0)
+    try:
+        save_config({"personal_base_token": "pt-1"}, path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"personal_base_token": "pt-1"}
+    assert not path.with_name(path.name + ".tmp").exists()

@@ -1,6 +1,7 @@
 """End to end: `python -m flows.feishu` against the fake Feishu Open API over real HTTP."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from infra.feishu_server import GOOD_TOKEN, FeishuServer
+from tasks.feishu import Attachment, FeishuClient, LinkBroker
+from tasks.naming import AttachmentNaming, clean_segment
 from tests.conftest import ROOT
 from tests.test_download import leftovers
 
@@ -75,10 +78,11 @@ def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefec
     fs.add_record("app", "tbl", "rec6", {"名称": "no files"})
     fs.add_record("app", "tbl", "rec7", {"名称": "报告", "类别": "合同", "标签": ["2024"],
                                          "附件": [att("e.PDF", "合同/2024/报告_2.PDF")]})
-    # Links are fetched five at a time; while the slow first file downloads, the others' links expire:
-    # they are refused, asked for again, then downloaded.
+    # Links are fetched for the files of a batch together; while the slow first file downloads (one at a
+    # time), the others' links expire: they are refused, asked for again, then downloaded.
     fs.link_ttl = 0.3
-    fs.add_fault(cells[0]["file_token"], "delay", seconds=0.6, times=1)
+    for cell in cells[:3]:  # the first page's three files, whichever of them the batch starts with
+        fs.add_fault(cell["file_token"], "delay", seconds=0.6, times=1)
 
     out = tmp_path / "out"
     preview = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--dry-run",
@@ -99,13 +103,24 @@ def test_names_folders_duplicates_expired_links_and_zip(feishu, tmp_path, prefec
     assert fs.auth_headers_seen and all(h == f"Bearer {GOOD_TOKEN}" for h in fs.auth_headers_seen)
     assert GOOD_TOKEN not in result.stdout + result.stderr
 
-    # A rerun finds everything present and fetches nothing.
-    before = fs.counters["media_gets"]
+    # A rerun finds everything present and fetches nothing: not even a link.
+    before, links_before = fs.counters["media_gets"], fs.counters["tmp_url_calls"]
     again = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--page-size", "3",
                        "--job-name", "合同附件", prefect_api=prefect_api)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already present   8" in again.stdout
-    assert fs.counters["media_gets"] == before
+    assert fs.counters["media_gets"] == before and fs.counters["tmp_url_calls"] == links_before
+
+    # Two files deleted locally: a rerun asks links for those two only.
+    (job / "合同/2024/报告.pdf").unlink()
+    (job / "图片/x-y/photo.jpg").unlink()
+    fs.reset_counters()
+    fs.link_ttl = 300
+    third = run_feishu(fs, out, "--name-fields", "名称", "--folder-fields", "类别,标签", "--page-size", "3",
+                       "--job-name", "合同附件", prefect_api=prefect_api)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert files_under(job) == expected
+    assert sorted(fs.tmp_url_tokens) == sorted([cells[0]["file_token"], cells[4]["file_token"]])
 
 
 def test_deleted_and_denied_files_fail_with_reasons_rate_limits_are_retried(feishu, tmp_path, prefect_api):
@@ -126,6 +141,8 @@ def test_deleted_and_denied_files_fail_with_reasons_rate_limits_are_retried(feis
     assert result.returncode == 1, result.stderr[-3000:]
     assert fs.counters["rate_limited"] > 0
     job = out / "tbl"
+    # Feishu refused the denied file's whole batch of links; asked for one by one, its neighbours came through.
+    assert fs.tmp_url_tokens.count(cells[1]["file_token"]) >= 2
     assert files_under(job) == {f"f{i}.bin": data(f"f{i}") for i in range(2, 12)}
     with open(job / ".oss-failed.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
@@ -191,3 +208,42 @@ def test_token_from_a_prefect_secret_block(prefect_api):
     assert personal_base_token("feishu-token-json") == "pt-from-json"
     with pytest.raises(UsageError, match="not found"):
         personal_base_token("no-such-block-" + uuid.uuid4().hex[:8])
+
+
+def test_a_batch_refused_for_one_denied_file_is_asked_for_file_by_file(feishu):
+    fs = feishu
+    fs.rate_per_second = 0
+    cells = [fs.add_file(data(f"n{i}"), f"n{i}.bin") for i in range(5)]
+    fs.deny_file(cells[2]["file_token"])
+
+    async def scenario():
+        client = FeishuClient(fs.base_url, GOOD_TOKEN, requests_per_second=0, backoff=0.01)
+        broker = LinkBroker(client, "tbl")
+        wanted = [Attachment(c["file_token"], "fAtt", f"rec{i}") for i, c in enumerate(cells)]
+        broker.expect(wanted)
+        try:
+            return await asyncio.gather(*(broker.link(a) for a in wanted), return_exceptions=True)
+        finally:
+            await client.close()
+    links = asyncio.run(scenario())
+    assert [isinstance(link, str) for link in links] == [True, True, False, True, True]
+    assert "HTTP 403" in str(links[2])
+    tokens = [c["file_token"] for c in cells]
+    assert fs.tmp_url_tokens == tokens + tokens  # the batch, refused; then each file alone
+
+
+def test_whitespace_only_values_count_as_empty():
+    naming = AttachmentNaming(name_fields=["名称"], folder_fields=["类别", "标签"])
+    record = {"名称": "   ", "类别": " \t ", "标签": [{"type": "text", "text": "  "}]}
+    assert naming.place(record, "  scan.pdf ") == "未分类/未分类/scan.pdf"
+    assert naming.place({"名称": " 报告 ", "类别": " 合同 "}, "x.PDF") == "合同/未分类/报告.PDF"
+
+
+def test_long_names_keep_their_extension():
+    name = "季度报告" * 30 + ".xlsx"  # 365 bytes
+    short = clean_segment(name)
+    assert short.endswith(".xlsx") and short.startswith("季度报告") and len(short.encode()) <= 200
+    assert clean_segment("x" * 300).startswith("x") and len(clean_segment("x" * 300)) == 200
+    naming = AttachmentNaming(name_fields=["名称"])
+    placed = naming.place({"名称": "很长" * 100}, "a.docx")
+    assert placed.endswith(".docx") and len(placed.encode()) <= 200

@@ -1,7 +1,6 @@
-"""`feishu-desktop` / `python -m bridge.desktop`: the download service for the Bitable plugin in a small window.
-
-Start/stop, the output folder, a personal base token (remembered only when asked), host and port under
-"advanced settings", a live status card and an optional log panel, in Chinese or English.
+"""The window: start/stop, the output folder (and a button to open it), advanced settings (host, port,
+personal base token, downloads at once, allowed origins), a status card for the current job with a line
+per finished job, and a log panel hidden by default, in Chinese or English.
 
 The service runs on its own threads; everything it reports (events, log records) goes through one queue
 that the Tk thread polls, so Tk is only ever touched from the Tk thread.
@@ -13,127 +12,30 @@ import json
 import logging
 import os
 import queue
+import subprocess
 import sys
 import threading
 import tkinter as tk
 from pathlib import Path
 from tkinter import filedialog, ttk
 
-CONFIG_NAME = "feishu-desktop.json"
+from bridge.desktop.settings import load_config, save_config
+from bridge.desktop.strings import STRINGS, event_lines
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11548
+DEFAULT_CONCURRENCY = 5
 POLL_MS = 100  # the event queue
 STATUS_MS = 500  # svc.status()
-
-# Every label in the window, per language. Keys are also the widgets' names where a widget shows one.
-STRINGS = {
-    "zh": {
-        "title": "飞书附件下载服务",
-        "lang": "English",
-        "output": "保存到",
-        "browse": "浏览…",
-        "token": "个人授权码",
-        "remember": "记住授权码",
-        "advanced_show": "▸ 高级设置",
-        "advanced_hide": "▾ 高级设置",
-        "host": "监听地址",
-        "port": "端口",
-        "start": "启动服务",
-        "stop": "停止服务",
-        "card": "服务状态",
-        "connected": "● 插件已连接",
-        "waiting": "○ 等待插件连接",
-        "not_running": "○ 服务未启动",
-        "current": "正在下载",
-        "completed": "已完成",
-        "pending": "等待中",
-        "failed": "失败",
-        "log_show": "显示日志",
-        "log_hide": "隐藏日志",
-        "ready": "就绪：点击“启动服务”。",
-        "starting": "正在启动…",
-        "stopping": "正在停止…",
-        "running": "服务运行中：ws://{host}:{port}",
-        "stopped": "服务已停止。",
-        "bad_port": "端口必须是 0–65535 之间的数字。",
-        "bad_host": "请填写监听地址。",
-        "bad_output": "请选择保存文件夹。",
-        "error": "错误：{message}",
-        "saved_token": "授权码已保存到 {path}",
-        "forgot_token": "已删除保存的授权码。",
-    },
-    "en": {
-        "title": "Feishu attachment downloader",
-        "lang": "中文",
-        "output": "Save to",
-        "browse": "Browse…",
-        "token": "Personal base token",
-        "remember": "Remember token",
-        "advanced_show": "▸ Advanced settings",
-        "advanced_hide": "▾ Advanced settings",
-        "host": "Host",
-        "port": "Port",
-        "start": "Start",
-        "stop": "Stop",
-        "card": "Status",
-        "connected": "● Plugin connected",
-        "waiting": "○ Waiting for the plugin",
-        "not_running": "○ Service not running",
-        "current": "Downloading",
-        "completed": "Completed",
-        "pending": "Pending",
-        "failed": "Failed",
-        "log_show": "Show log",
-        "log_hide": "Hide log",
-        "ready": "Ready: click “Start”.",
-        "starting": "Starting…",
-        "stopping": "Stopping…",
-        "running": "Running on ws://{host}:{port}",
-        "stopped": "Service stopped.",
-        "bad_port": "The port must be a number from 0 to 65535.",
-        "bad_host": "Enter a host to listen on.",
-        "bad_output": "Choose a folder to save to.",
-        "error": "Error: {message}",
-        "saved_token": "Token saved in {path}",
-        "forgot_token": "The saved token was removed.",
-    },
-}
+HISTORY_LINES = 5
 COUNTS = ("current", "completed", "pending", "failed")
 SHORTCUTS = {"start": "<Control-s>", "stop": "<Control-e>", "lang": "<Control-l>", "log": "<Control-g>",
              "advanced": "<Control-j>", "quit": "<Control-q>"}
 
 
-# -- the remembered settings --------------------------------------------------------------------------
-def config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "oss-bulk-downloader" / CONFIG_NAME
-
-
-def load_config(path: Path | None = None) -> dict:
-    try:
-        data = json.loads((path or config_path()).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def save_config(data: dict, path: Path | None = None) -> Path:
-    """Write the settings readable by the user only (0600), atomically."""
-    path = path or config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
-
-
 class QueueLogHandler(logging.Handler):
-    """Hands the service's log records to the Tk thread."""
+    """Hands the service's log records to the Tk thread; records that repeat an event are left out (the
+    window says those in its own language)."""
 
     def __init__(self, events: queue.Queue):
         super().__init__(logging.INFO)
@@ -141,10 +43,21 @@ class QueueLogHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "bridge_event", False):
+            return
         try:
             self.events.put(("log", self.format(record)))
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
+
+
+def open_folder(path: Path) -> None:
+    """Show a folder in the system's file manager."""
+    if sys.platform.startswith("win"):
+        os.startfile(path)  # noqa: S606 - a folder the user chose
+    else:
+        subprocess.Popen(["open" if sys.platform == "darwin" else "xdg-open", str(path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class DesktopApp:
@@ -156,16 +69,19 @@ class DesktopApp:
         self.service = None
         self.worker: threading.Thread | None = None
         self.closing = False
-        self.message = ("ready", {})  # the status line: a STRINGS key (re-rendered on language switch) ...
-        self.error_text = ""  # ... or an error from the service, shown as is after the "error" prefix
+        self.message = ("ready", {}, False)  # the status line: a STRINGS key, its values, whether an error
         self._traced: dict[str, object] = {}
         self._geometry_job = None
+        self._history: list[dict] = []
 
         saved = load_config()
         self.lang = lang or (saved.get("language") if saved.get("language") in STRINGS else "zh")
         self.output = tk.StringVar(value=output or saved.get("output") or str(Path.home() / "Downloads" / "feishu"))
         self.host = tk.StringVar(value=host or saved.get("host") or DEFAULT_HOST)
         self.port = tk.StringVar(value=str(port if port is not None else saved.get("port", DEFAULT_PORT)))
+        self.concurrency = tk.StringVar(value=str(saved.get("download_concurrency", DEFAULT_CONCURRENCY)))
+        origins = saved.get("allow_origins")
+        self.origins = tk.StringVar(value=" ".join(origins) if isinstance(origins, list) else "")
         from bridge.cli import personal_base_token
         self.token = tk.StringVar(value=saved.get("personal_base_token") or personal_base_token(None))
         self.remember = tk.BooleanVar(value=bool(saved.get("personal_base_token")))
@@ -191,11 +107,11 @@ class DesktopApp:
     # -- layout ---------------------------------------------------------------------------------------
     def _build(self) -> None:
         root = self.root
-        root.minsize(520, 0)
+        root.minsize(560, 0)
         style = ttk.Style(root)
         if "clam" in style.theme_names() and sys.platform.startswith("linux"):
             style.theme_use("clam")  # the X11 default theme looks dated; Windows and macOS keep their native one
-        background = style.lookup("TFrame", "background") or None  # for the two plain tk.Labels
+        background = style.lookup("TFrame", "background") or None  # for the plain tk widgets
         main = ttk.Frame(root, padding=12, name="main")
         main.pack(fill="both", expand=True)
         main.columnconfigure(1, weight=1)
@@ -208,7 +124,7 @@ class DesktopApp:
             return w
 
         top = ttk.Frame(main)
-        top.grid(row=0, column=0, columnspan=3, sticky="ew", pady=(0, 8))
+        top.grid(row=0, column=0, columnspan=4, sticky="ew", pady=(0, 8))
         self.title = ttk.Label(top, font=("TkDefaultFont", 14, "bold"), name="title")
         self.title.pack(side="left")
         self.lang_button = ttk.Button(top, name="lang", width=8, command=self.toggle_language)
@@ -218,56 +134,69 @@ class DesktopApp:
         ttk.Entry(main, textvariable=self.output, name="output").grid(row=1, column=1, sticky="ew", pady=3)
         self.browse_button = ttk.Button(main, name="browse", command=self.browse)
         self.browse_button.grid(row=1, column=2, padx=(6, 0))
-
-        label(main, "token", row=2, column=0)
-        ttk.Entry(main, textvariable=self.token, show="•", name="token").grid(row=2, column=1, sticky="ew", pady=3)
-        self.remember_box = ttk.Checkbutton(main, variable=self.remember, name="remember",
-                                            command=self.remember_changed)
-        self.remember_box.grid(row=2, column=2, sticky="w", padx=(6, 0))
+        self.open_button = ttk.Button(main, name="open_folder", command=self.open_output)
+        self.open_button.grid(row=1, column=3, padx=(6, 0))
 
         self.advanced_button = ttk.Button(main, name="advanced", command=self.toggle_advanced)
-        self.advanced_button.grid(row=3, column=0, columnspan=3, sticky="w", pady=(6, 0))
-        self.advanced = ttk.Frame(main, name="advanced_panel", padding=(16, 4, 0, 0))
-        self.advanced.columnconfigure(1, weight=1)
-        label(self.advanced, "host", row=0, column=0)
-        ttk.Entry(self.advanced, textvariable=self.host, name="host").grid(row=0, column=1, sticky="ew", pady=3)
-        label(self.advanced, "port", row=1, column=0)
-        ttk.Entry(self.advanced, textvariable=self.port, width=8, name="port").grid(row=1, column=1, sticky="w",
-                                                                                    pady=3)
+        self.advanced_button.grid(row=3, column=0, columnspan=4, sticky="w", pady=(6, 0))
+        adv = self.advanced = ttk.Frame(main, name="advanced_panel", padding=(16, 4, 0, 0))
+        adv.columnconfigure(1, weight=1)
+        label(adv, "host", row=0, column=0)
+        ttk.Entry(adv, textvariable=self.host, name="host").grid(row=0, column=1, sticky="ew", pady=3)
+        label(adv, "port", row=1, column=0)
+        ttk.Entry(adv, textvariable=self.port, width=8, name="port").grid(row=1, column=1, sticky="w", pady=3)
+        label(adv, "token", row=2, column=0)
+        ttk.Entry(adv, textvariable=self.token, show="•", name="token").grid(row=2, column=1, sticky="ew", pady=3)
+        self.remember_box = ttk.Checkbutton(adv, variable=self.remember, name="remember",
+                                            command=self.remember_changed)
+        self.remember_box.grid(row=2, column=2, sticky="w", padx=(6, 0))
+        label(adv, "concurrency", row=3, column=0)
+        ttk.Spinbox(adv, textvariable=self.concurrency, from_=1, to=64, width=6, name="concurrency").grid(
+            row=3, column=1, sticky="w", pady=3)
+        label(adv, "origins", row=4, column=0)
+        ttk.Entry(adv, textvariable=self.origins, name="origins").grid(row=4, column=1, columnspan=2, sticky="ew",
+                                                                        pady=3)
+        self.origins_hint = ttk.Label(adv, name="origins_hint", foreground="#666666", wraplength=440)
+        self.origins_hint.grid(row=5, column=1, columnspan=2, sticky="w")
 
         buttons = ttk.Frame(main)
-        buttons.grid(row=5, column=0, columnspan=3, sticky="ew", pady=(10, 6))
+        buttons.grid(row=5, column=0, columnspan=4, sticky="ew", pady=(10, 6))
         self.start_button = ttk.Button(buttons, name="start", command=self.start)
         self.start_button.pack(side="left")
         self.stop_button = ttk.Button(buttons, name="stop", command=self.stop)
         self.stop_button.pack(side="left", padx=(6, 0))
 
         self.card = ttk.LabelFrame(main, name="card", padding=10)
-        self.card.grid(row=6, column=0, columnspan=3, sticky="ew", pady=4)
+        self.card.grid(row=6, column=0, columnspan=4, sticky="ew", pady=4)
         self.connection = tk.Label(self.card, name="connection", font=("TkDefaultFont", 12, "bold"), anchor="w",
                                    bg=background)
-        self.connection.grid(row=0, column=0, columnspan=4, sticky="w", pady=(0, 6))
+        self.connection.grid(row=0, column=0, columnspan=4, sticky="w")
+        self.job_line = tk.Label(self.card, name="job", anchor="w", bg=background)
+        self.job_line.grid(row=1, column=0, columnspan=4, sticky="w", pady=(2, 6))
         self.count_values: dict[str, tk.StringVar] = {}
         for i, key in enumerate(COUNTS):
             self.card.columnconfigure(i, weight=1, uniform="counts")
             cell = ttk.Frame(self.card)
-            cell.grid(row=1, column=i, sticky="w")
+            cell.grid(row=2, column=i, sticky="w")
             var = self.count_values[key] = tk.StringVar(value="0")
             ttk.Label(cell, textvariable=var, font=("TkDefaultFont", 16, "bold"), name=f"count_{key}").pack(anchor="w")
             w = ttk.Label(cell, name=f"label_{key}")
             w.pack(anchor="w")
             self.labels[key] = w
+        label(self.card, "history", row=3, column=0, columnspan=4).grid_configure(pady=(8, 0))
+        self.history_text = tk.Label(self.card, name="history_list", anchor="w", justify="left", bg=background)
+        self.history_text.grid(row=4, column=0, columnspan=4, sticky="w")
 
-        self.status_line = tk.Label(main, name="statusline", anchor="w", justify="left", wraplength=480,
+        self.status_line = tk.Label(main, name="statusline", anchor="w", justify="left", wraplength=520,
                                     bg=background)
-        self.status_line.grid(row=7, column=0, columnspan=3, sticky="ew", pady=(6, 0))
+        self.status_line.grid(row=7, column=0, columnspan=4, sticky="ew", pady=(6, 0))
 
         self.log_button = ttk.Button(main, name="log", command=self.toggle_log)
-        self.log_button.grid(row=8, column=0, columnspan=3, sticky="w", pady=(8, 0))
+        self.log_button.grid(row=8, column=0, columnspan=4, sticky="w", pady=(8, 0))
         self.log_frame = ttk.Frame(main, name="log_panel")
         self.log_frame.columnconfigure(0, weight=1)
         self.log_frame.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(self.log_frame, name="log_text", height=10, width=70, state="disabled",
+        self.log_text = tk.Text(self.log_frame, name="log_text", height=10, width=76, state="disabled",
                                 wrap="word", font="TkFixedFont")
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll = ttk.Scrollbar(self.log_frame, command=self.log_text.yview)
@@ -284,7 +213,9 @@ class DesktopApp:
         self.title.configure(text=self.t("title"))
         self.lang_button.configure(text=self.t("lang"))
         self.browse_button.configure(text=self.t("browse"))
+        self.open_button.configure(text=self.t("open_folder"))
         self.remember_box.configure(text=self.t("remember"))
+        self.origins_hint.configure(text=self.t("origins_hint"))
         self.advanced_button.configure(text=self.t("advanced_hide" if self.show_advanced else "advanced_show"))
         self.start_button.configure(text=self.t("start"))
         self.stop_button.configure(text=self.t("stop"))
@@ -301,13 +232,13 @@ class DesktopApp:
     def toggle_language(self) -> None:
         self.lang = "en" if self.lang == "zh" else "zh"
         self.relabel()
-        self._save_settings()
+        self._save_quietly()
 
     # -- panels and the form --------------------------------------------------------------------------
     def toggle_advanced(self) -> None:
         self.show_advanced = not self.show_advanced
         if self.show_advanced:
-            self.advanced.grid(row=4, column=0, columnspan=3, sticky="ew")
+            self.advanced.grid(row=4, column=0, columnspan=4, sticky="ew")
         else:
             self.advanced.grid_remove()
         self.advanced_button.configure(text=self.t("advanced_hide" if self.show_advanced else "advanced_show"))
@@ -316,7 +247,7 @@ class DesktopApp:
     def toggle_log(self) -> None:
         self.show_log = not self.show_log
         if self.show_log:
-            self.log_frame.grid(row=9, column=0, columnspan=3, sticky="nsew", pady=(6, 0))
+            self.log_frame.grid(row=9, column=0, columnspan=4, sticky="nsew", pady=(6, 0))
         else:
             self.log_frame.grid_remove()
         self.log_button.configure(text=self.t("log_hide" if self.show_log else "log_show"))
@@ -328,20 +259,38 @@ class DesktopApp:
         if folder:
             self.output.set(folder)
 
+    def open_output(self) -> None:
+        folder = Path(self.output.get().strip()).expanduser()
+        if not self.output.get().strip() or not folder.is_dir():
+            self.show_message("folder_missing", error=True, path=str(folder))
+            return
+        try:
+            open_folder(folder)
+        except OSError as exc:
+            self.show_message("cannot_open", error=True, reason=exc.strerror or str(exc))
+            return
+        self.trace("open_folder", path=str(folder))
+
     def remember_changed(self) -> None:
         try:
             path = self._save_settings()
         except OSError as exc:
-            self.show_error(str(exc))
+            self.show_message("cannot_save", error=True, reason=exc.strerror or str(exc))
             return
         self.show_message("saved_token" if self.remember.get() else "forgot_token", path=path)
 
     def _save_settings(self) -> Path:
-        """Folder, host, port and language always; the token only while "remember" is ticked."""
+        """The form always; the token only while "remember" is ticked."""
         data = load_config()
         data.update(output=self.output.get().strip(), host=self.host.get().strip(), language=self.lang)
+        for key, var in (("port", self.port), ("download_concurrency", self.concurrency)):
+            try:
+                data[key] = int(var.get())
+            except ValueError:
+                pass
         try:
-            data["port"] = int(self.port.get())
+            from bridge.origins import split
+            data["allow_origins"] = split(self.origins.get())
         except ValueError:
             pass
         if self.remember.get() and self.token.get():
@@ -350,41 +299,52 @@ class DesktopApp:
             data.pop("personal_base_token", None)
         return save_config(data)
 
-    # -- the status line ------------------------------------------------------------------------------
-    def show_message(self, key: str, **kwargs) -> None:
-        self.message, self.error_text = (key, kwargs), ""
-        self._render_status_line()
+    def _save_quietly(self) -> None:
+        try:
+            self._save_settings()
+        except Exception as exc:  # noqa: BLE001 - never in the way of starting or closing
+            self.logger.warning("could not save the settings: %s", exc)
 
-    def show_error(self, text: str) -> None:
-        self.message, self.error_text = ("error", {"message": text}), text
+    # -- the status line ------------------------------------------------------------------------------
+    def show_message(self, key: str, error: bool = False, **kwargs) -> None:
+        self.message = (key, kwargs, error)
         self._render_status_line()
 
     def _render_status_line(self) -> None:
-        key, kwargs = self.message
+        key, kwargs, error = self.message
         text = self.t(key, **kwargs)
-        self.status_line.configure(text=text, fg="#b3261e" if key.startswith(("error", "bad_")) else "#333333")
-        self.trace("status", text=text, error=key.startswith(("error", "bad_")))
+        self.status_line.configure(text=text, fg="#b3261e" if error else "#333333")
+        self.trace("status", text=text, error=error)
 
     # -- the service ----------------------------------------------------------------------------------
     def _settings(self):
-        from bridge.service import DEFAULT_ORIGINS, BridgeSettings
+        from bridge.origins import split
+        from bridge.service import BridgeSettings
         try:
             port = int(self.port.get().strip())
         except ValueError:
             port = -1
         if not 0 <= port <= 65535:
-            self.show_message("bad_port")
-            return None
+            return self.show_message("bad_port", error=True)
         host = self.host.get().strip()
         if not host:
-            self.show_message("bad_host")
-            return None
+            return self.show_message("bad_host", error=True)
         output = self.output.get().strip()
         if not output:
-            self.show_message("bad_output")
-            return None
+            return self.show_message("bad_output", error=True)
+        try:
+            concurrency = int(self.concurrency.get().strip())
+        except ValueError:
+            concurrency = 0
+        if not 1 <= concurrency <= 64:
+            return self.show_message("bad_concurrency", error=True)
+        try:
+            origins = split(self.origins.get())
+        except ValueError:
+            bad = next(o for o in self.origins.get().replace(",", " ").split() if not _is_origin(o))
+            return self.show_message("bad_origin", error=True, origin=bad)
         return BridgeSettings(host=host, port=port, output=Path(output), personal_base_token=self.token.get().strip(),
-                              allowed_origins=list(DEFAULT_ORIGINS))
+                              download_concurrency=concurrency, allow_origins=origins)
 
     def start(self) -> None:
         if self.service is not None or self.worker is not None:
@@ -392,23 +352,20 @@ class DesktopApp:
         settings = self._settings()
         if settings is None:
             return
-        try:
-            self._save_settings()
-        except OSError as exc:
-            self.logger.warning("could not save the settings: %s", exc)
+        self._save_quietly()
         from bridge.service import BridgeService
-        service = BridgeService(settings, on_event=lambda kind, message: self.events.put((kind, message)))
+        service = BridgeService(settings, on_event=lambda kind, info: self.events.put((kind, info)))
         self.show_message("starting")
         self._busy()
 
         def run():
-            from tasks.errors import UsageError
+            from bridge.service import StartError
             try:
                 service.start()
-            except UsageError as exc:
-                self.events.put(("start_failed", str(exc)))
+            except StartError as exc:
+                self.events.put(("start_failed", (exc.key, exc.params)))
             except Exception as exc:  # noqa: BLE001 - shown in the status line, not as a traceback
-                self.events.put(("start_failed", f"{type(exc).__name__}: {exc}"))
+                self.events.put(("start_failed", ("error", {"message": f"{type(exc).__name__}: {exc}"})))
             else:
                 self.events.put(("start_ok", service))
         self.worker = threading.Thread(target=run, name="feishu-desktop-start", daemon=True)
@@ -426,7 +383,7 @@ class DesktopApp:
                 service.stop()
             except Exception as exc:  # noqa: BLE001
                 self.events.put(("log", f"stop: {exc}"))
-            self.events.put(("stop_done", ""))
+            self.events.put(("stop_done", None))
         self.worker = threading.Thread(target=run, name="feishu-desktop-stop", daemon=True)
         self.worker.start()
 
@@ -437,7 +394,7 @@ class DesktopApp:
     def _set_running(self, running: bool) -> None:
         self.start_button.state(["disabled"] if running else ["!disabled"])
         self.stop_button.state(["!disabled"] if running else ["disabled"])
-        for name in ("host", "port"):
+        for name in ("host", "port", "token", "concurrency", "origins"):
             self.advanced.nametowidget(name).state(["disabled"] if running else ["!disabled"])
         self._refresh_card()
         port = self.service.port if self.service else None
@@ -459,20 +416,24 @@ class DesktopApp:
             self.show_message("running", host=payload.settings.host, port=payload.port)
             self._set_running(True)
         elif kind == "start_failed":
+            key, params = payload
             self.worker = None
-            self.show_error(payload)
-            self._append_log(f"error: {payload}")
+            self.show_message(key, error=True, **params)
+            self._append_log(self.status_line.cget("text"))
             self._set_running(False)
         elif kind == "stop_done":
             self.worker = None
             self.show_message("stopped")
             self._set_running(False)
         elif kind == "status":
-            self._refresh_card()
+            pass  # the card is redrawn on its timer
         elif kind == "log":
             self._append_log(payload)
-        elif payload and kind != "started":  # "started" repeats what the logger says
-            self._append_log(f"{kind}: {payload}")
+        else:
+            for line in event_lines(self.lang, kind, payload):
+                self._append_log(line)
+            if kind == "job_finished":
+                self._refresh_card()
 
     def _poll_status(self) -> None:
         self._refresh_card()
@@ -480,21 +441,27 @@ class DesktopApp:
             self.root.after(STATUS_MS, self._poll_status)
 
     def _refresh_card(self) -> None:
-        status = {"connected": False, "current": 0, "completed": 0, "pending": 0, "failed": 0}
+        status = {"connected": False, "job": "", "current": 0, "completed": 0, "pending": 0, "failed": 0,
+                  "history": self._history}
         if self.service is not None:
             try:
                 status = self.service.status()
             except RuntimeError:  # a job changed while we read it: next time
                 return
+            self._history = status["history"]
             state = "connected" if status["connected"] else "waiting"
             colour = "#1b7f3b" if status["connected"] else "#8a6d00"
         else:
             state, colour = "not_running", "#666666"
         self.connection.configure(text=self.t(state), fg=colour)
+        job = self.t("job", name=status["job"]) if status["job"] else self.t("no_job")
+        self.job_line.configure(text=job)
         for key in COUNTS:
             self.count_values[key].set(str(status[key]))
-        self.trace("card", state=state, text=self.t(state), connected=status["connected"],
-                   counts={key: status[key] for key in COUNTS})
+        history = [self.t("history_line", **h) for h in status["history"][-HISTORY_LINES:]]
+        self.history_text.configure(text="\n".join(reversed(history)) or "—")
+        self.trace("card", state=state, text=self.t(state), connected=status["connected"], job=job,
+                   counts={key: status[key] for key in COUNTS}, history=history)
 
     def _append_log(self, line: str) -> None:
         self.log_text.configure(state="normal")
@@ -532,10 +499,7 @@ class DesktopApp:
             except Exception as exc:  # noqa: BLE001
                 print(f"feishu-desktop: stopping the service failed: {exc}", file=sys.stderr)
             self.service = None
-        try:
-            self._save_settings()
-        except OSError:
-            pass
+        self._save_quietly()
         self.logger.removeHandler(self.log_handler)
         self.trace("closed")
         self.root.destroy()
@@ -544,7 +508,7 @@ class DesktopApp:
     def trace(self, event: str, **fields) -> None:
         if not self.trace_on:
             return
-        line = json.dumps({"event": event, **fields}, sort_keys=True)
+        line = json.dumps({"event": event, **fields}, sort_keys=True, ensure_ascii=False)
         if event in ("card", "geometry") and self._traced.get(event) == line:
             return  # refreshed on a timer: only changes
         self._traced[event] = line
@@ -575,6 +539,15 @@ class DesktopApp:
         self.trace("geometry", widgets=widgets)
 
 
+def _is_origin(text: str) -> bool:
+    from bridge.origins import normalise
+    try:
+        normalise(text)
+    except ValueError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="feishu-desktop", description="The Bitable plugin's download service, in a window.")
     p.add_argument("--output", default=None, help="where files are saved (default: the last one used)")
@@ -602,7 +575,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         app.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

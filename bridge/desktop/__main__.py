@@ -1,0 +1,5 @@
+import sys
+
+from bridge.desktop.window import main
+
+sys.exit(main())
