@@ -4,10 +4,17 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before Prefect is imported: the CLI sets its environment up first
+    import sys
+
+    from flows.cli import main
+    sys.exit(main())
+
 import uuid
 from contextlib import closing
+from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -15,16 +22,18 @@ from flows.params import DownloadParams
 from flows.pipeline import BATCH_WORKERS, download_all, preview_all
 from tasks.backends import make_backend
 from tasks.batch import Plan
+from tasks.errors import NothingSelected
 from tasks.keys import parse_suffixes, prefix_folder, prepare_output
 from tasks.manifest import Manifest
-from tasks.report import Preview, Summary
+from tasks.report import Preview, Summary, nothing_selected
 from tasks.transfer import Engine
 
 
 @flow(name="object-download", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS), persist_result=False)
 def download_objects(params: DownloadParams) -> Summary | Preview:
     backend = make_backend(params.store_config())
-    output = prepare_output(params.output)
+    # A dry run creates nothing, not even the output folder.
+    output = Path(params.output).expanduser().resolve() if params.dry_run else prepare_output(params.output)
     plan = Plan(output, prefix_folder(params.prefix), parse_suffixes(params.include_suffix),
                 run_id=flow_run.id or uuid.uuid4().hex, max_attempts=params.max_attempts,
                 retry_backoff=params.retry_backoff, shard=params.shard)
@@ -32,14 +41,18 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
                     max_requests_per_second=params.max_requests_per_second)
     if params.dry_run:
         with engine:
-            return preview_all(backend, engine, plan)
+            return _check_selected(preview_all(backend, engine, plan), params)
     # The manifest outlives the engine: cancelled downloads record what they finished on the way out.
     with closing(Manifest(output, plan.manifest_name)) as manifest, engine:
-        return download_all(backend, engine, manifest, plan)
+        return _check_selected(download_all(backend, engine, manifest, plan), params)
 
 
-if __name__ == "__main__":
-    import sys
+def _check_selected(result: Summary | Preview, params: DownloadParams) -> Summary | Preview:
+    """Warn (or fail, with fail_if_empty) when nothing was selected: a wrong prefix or filter looks like success."""
+    why = nothing_selected(result, params)
+    if why and params.fail_if_empty:
+        raise NothingSelected(why)
+    if why:
+        get_run_logger().warning(why)
+    return result
 
-    from flows.cli import main
-    sys.exit(main())

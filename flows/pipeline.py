@@ -10,10 +10,10 @@ from prefect.futures import wait
 
 from tasks import download_tasks as units
 from tasks.backends import Backend
-from tasks.batch import Live, Plan, Tally, select
+from tasks.batch import Live, Plan, Tally
 from tasks.manifest import Manifest
 from tasks.progress import Progress
-from tasks.report import Preview, Summary
+from tasks.report import Preview, Summary, earlier_manifest
 from tasks.transfer import Engine
 
 BATCH_WORKERS = 4
@@ -59,7 +59,8 @@ def download_all(backend: Backend, engine: Engine, manifest: Manifest, plan: Pla
 
 def preview_all(backend: Backend, engine: Engine, plan: Plan) -> Preview:
     preview = Preview()
-    for _, page in pages(backend, engine):
-        preview.add(*select(page.objects, plan))
+    with earlier_manifest(plan) as manifest:
+        for _, page in pages(backend, engine):
+            preview.add_page(page.objects, plan, manifest)
     units.publish_preview(preview)
     return preview

@@ -5,11 +5,14 @@ import csv
 import heapq
 import io
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from tasks.batch import Tally
-from tasks.keys import FAILED_CSV_NAME, RemoteObject
+from tasks.batch import Plan, Tally, not_present, select
+from tasks.errors import DownloadError
+from tasks.keys import FAILED_CSV_NAME, RemoteObject, local_path
 from tasks.manifest import Manifest
 
 CSV_HEADER = ["key", "last_error", "retry_count"]
@@ -43,9 +46,19 @@ class Summary:
         return [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
                 if name not in ("failed_csv", "zip_file")]
 
-    def text(self) -> str:
-        width = max(len(name) for name, _ in self.rows())
-        lines = [f"  {name:<{width}}  {value}" for name, value in self.rows()]
+    def text(self, seconds: float | None = None, active_seconds: float | None = None) -> str:
+        """For people, in the progress display's units. `seconds`: the whole command's wall time (default: the
+        flow's); `active_seconds`: from the first byte to the last, for the speed (default: `seconds`)."""
+        seconds = self.seconds if seconds is None else seconds
+        active = active_seconds or seconds
+        rows = [(name, value) for name, value in self.rows()[:6]] + [
+            ("size", human_bytes(self.bytes)),
+            ("time", human_duration(seconds)),
+            ("speed", f"{human_bytes(self.bytes / active)}/s, {self.downloaded / active:.1f} objects/s"
+             if self.downloaded and active > 0 else "-"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"  {name:<{width}}  {value}" for name, value in rows]
         if self.failed_csv:
             lines.append(f"  failures listed in {self.failed_csv}")
         if self.zip_file:
@@ -85,12 +98,22 @@ def write_failed_csv(manifest: Manifest, run_id: str, output: Path, name: str = 
 
 @dataclass
 class Preview:
-    """Dry run: what would be downloaded."""
+    """What a run would download: the dry run's result and the interactive preview."""
     count: int = 0
     total_bytes: int = 0
     filtered_out: int = 0
     first: list[tuple[str, int]] = field(default_factory=list)
     largest: list[tuple[int, str]] = field(default_factory=list)
+    present: int = 0        # of `count`, already downloaded unchanged by an earlier run
+    present_bytes: int = 0
+
+    @property
+    def to_fetch(self) -> int:
+        return self.count - self.present
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        return self.total_bytes - self.present_bytes
 
     def add(self, tally: Tally, chosen: list[RemoteObject]) -> None:
         self.filtered_out += tally.filtered_out
@@ -104,18 +127,77 @@ class Preview:
             elif obj.size > self.largest[0][0]:
                 heapq.heapreplace(self.largest, (obj.size, obj.path or obj.key))
 
+    def add_page(self, objects: list[RemoteObject], plan: Plan, manifest: Manifest | None) -> None:
+        """One listing page: what the plan selects, and how much of it an earlier run already downloaded."""
+        tally, chosen = select(objects, plan)
+        self.add(tally, chosen)
+        if manifest is None:
+            return
+        todo = []
+        for obj in chosen:
+            try:
+                todo.append((obj, local_path(plan.output, obj.key, plan.strip, obj.path)))
+            except DownloadError:
+                pass  # an unsafe key is never present; the run reports it
+        fresh = {obj.key for obj, _ in not_present(manifest, todo)}
+        for obj, _ in todo:
+            if obj.key not in fresh:
+                self.present += 1
+                self.present_bytes += obj.size
+
     def text(self) -> str:
-        lines = [f"Preview: {self.count} objects, {human_bytes(self.total_bytes)}"
-                 f" ({self.filtered_out} filtered out)"]
-        lines += [f"  {human_bytes(size):>10}  {key}" for key, size in self.first]
+        lines = [f"Preview: {objects(self.count)}, {human_bytes(self.total_bytes)} ({self.filtered_out} filtered out)",
+                 f"  already present  {objects(self.present)}, {human_bytes(self.present_bytes)}"
+                 " (from an earlier run)",
+                 f"  to download      {objects(self.to_fetch)}, {human_bytes(self.bytes_to_fetch)}"]
+        if self.largest:
+            lines.append("Largest:")
+            lines += [f"  {human_bytes(size):>10}  {key}" for size, key in sorted(self.largest, reverse=True)]
+        if self.first:
+            lines.append(f"First {len(self.first)} keys:")
+            lines += [f"  {human_bytes(size):>10}  {key}" for key, size in self.first]
         if self.count > len(self.first):
             lines.append(f"  ... and {self.count - len(self.first)} more")
         return "\n".join(lines)
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {md_cell(key)} | {size} |" for key, size in self.first)
-        return (f"**{self.count} objects, {human_bytes(self.total_bytes)}** ({self.filtered_out} filtered out)\n\n"
+        return (f"**{self.count} objects, {human_bytes(self.total_bytes)}** ({self.filtered_out} filtered out);"
+                f" {self.present} already present, {self.to_fetch} to download"
+                f" ({human_bytes(self.bytes_to_fetch)})\n\n"
                 f"| key | size (bytes) |\n|---|---|\n{rows}\n")
+
+
+@contextmanager
+def earlier_manifest(plan: Plan) -> Iterator[Manifest | None]:
+    """The manifest of an earlier run in the plan's output folder, or None; never creates one."""
+    if not (plan.output / plan.manifest_name).is_file():
+        yield None
+        return
+    manifest = Manifest(plan.output, plan.manifest_name)
+    try:
+        yield manifest
+    finally:
+        manifest.close()
+
+
+def nothing_selected(result: "Summary | Preview", params) -> str | None:
+    """The warning for a run that selected nothing, naming the bucket and prefix and saying why; None when
+    something was selected. `params`: backend, bucket, prefix, include_suffix (DownloadParams)."""
+    source, prefix = f"{params.backend}://{params.bucket}/{params.prefix}", params.prefix
+    if isinstance(result, Preview):
+        selected, listed = result.count, result.count + result.filtered_out
+    else:
+        selected, listed = result.listed - result.filtered_out, result.listed
+    if selected:
+        return None
+    if listed:
+        return (f"nothing to download: all {listed} objects under {source} are filtered out by"
+                f" --include-suffix {','.join(params.include_suffix)}")
+    hint = ""
+    if prefix.startswith("/"):
+        hint = f" (keys rarely start with '/': did you mean --prefix {prefix.lstrip('/')}?)"
+    return f"nothing to download: no objects under {source}{hint}"
 
 
 def human_bytes(n: float) -> str:
@@ -124,6 +206,19 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def objects(n: int) -> str:
+    return f"{n} object" if n == 1 else f"{n} objects"
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def md_cell(text: str) -> str:
