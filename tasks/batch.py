@@ -66,6 +66,8 @@ class Live:
     failed: int = 0
     listed: int = 0
     phase: str = "listing and downloading"
+    retrying: int = 0  # round 2: objects it retries, and how many of them it has finished (either way)
+    retried: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, done: int = 0, failed: int = 0, listed: int = 0) -> None:
@@ -178,8 +180,9 @@ def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: Pla
         rows = [r for r in rows if r.attempts < plan.max_attempts]
         if not rows:
             continue
+        live.retrying += len(rows)
         try:
-            outcomes = engine.run(_retry_all(engine, backend, plan, rows))
+            outcomes = engine.run(_retry_all(engine, backend, plan, rows, live))
         except Stopped:
             change.interrupted = True
             break
@@ -193,8 +196,13 @@ def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: Pla
     return change
 
 
-async def _retry_all(engine, backend, plan, rows) -> list[Outcome]:
-    return list(await asyncio.gather(*(_retry_one(engine, backend, plan, row) for row in rows)))
+async def _retry_all(engine, backend, plan, rows, live: Live) -> list[Outcome]:
+    async def counted(row):
+        try:
+            return await _retry_one(engine, backend, plan, row)
+        finally:
+            live.retried += 1  # only the engine's loop thread writes it
+    return list(await asyncio.gather(*(counted(row) for row in rows)))
 
 
 async def _retry_one(engine, backend, plan, row) -> Outcome:
