@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import questionary
 from rich.console import Console, Group
@@ -157,6 +158,13 @@ def confirm(preview: Preview) -> bool:
     return _ask(questionary.confirm(left, default=not big))
 
 
+class Seen(NamedTuple):
+    done: int = 0
+    failed: int = 0
+    retrying: int = 0
+    retried: int = 0
+
+
 class RichDisplay:
     """Round 1 and round 2 as their own phases: each with its count, bytes, failures, a bar, speed and ETA
     over the last seconds from the first byte. Two short lines per phase, so it reads at 80 columns."""
@@ -164,8 +172,10 @@ class RichDisplay:
     def __init__(self, console: Console, preview: Preview):
         self.console, self.preview = console, preview
         self.bytes, self.objects = Meter(), Meter()
-        self.live, self.bytes_done, self.final = Live(), 0, False
+        # What update() last saw: rich draws from its own thread while batches change the live counts.
+        self.seen, self.bytes_done, self.final = Seen(), 0, False
         self.round_2_started: float | None = None
+        self.round_2_bytes = 0
         self.view = RichLive(console=console, get_renderable=self.render, refresh_per_second=10)
 
     def __enter__(self) -> "RichDisplay":
@@ -177,21 +187,22 @@ class RichDisplay:
 
     def update(self, live: Live, bytes_done: int, final: bool = False) -> None:
         now = time.monotonic()
-        self.live, self.bytes_done, self.final = live, bytes_done, final
+        seen = Seen(live.done, live.failed, live.retrying, live.retried)
         self.bytes.add(bytes_done, now)
-        self.objects.add(live.done + live.failed, now)
-        if live.retrying and self.round_2_started is None:
-            self.round_2_started = now
+        self.objects.add(seen.done + seen.failed, now)
+        if seen.retrying and self.round_2_started is None:
+            self.round_2_started, self.round_2_bytes = now, bytes_done
+        self.seen, self.bytes_done, self.final = seen, bytes_done, final
 
     @property
     def active_seconds(self) -> float | None:
         return self.bytes.active_seconds
 
     def render(self) -> Constrain:
-        live, p = self.live, self.preview
-        in_round_2 = live.retrying > 0
+        live, p = self.seen, self.preview
+        in_round_2 = self.round_2_started is not None
         finished = live.done + live.failed
-        total = max(p.count, live.listed)
+        total = max(p.count, finished)  # listed counts filtered-out keys too
         failed = f"  [red]{live.failed} failed[/]" if live.failed else ""
         if self.final or in_round_2:
             eta = ""
@@ -202,11 +213,12 @@ class RichDisplay:
         rows = [self._phase("round 1" if in_round_2 else ("done" if self.final else "downloading"),
                             f"{finished}/{total} objects  {human_bytes(self.bytes_done)} of"
                             f" {human_bytes(p.bytes_to_fetch)}{failed}", finished, total,
-                            self._speed(), eta)]
+                            "" if in_round_2 else self._speed(self.bytes.rate()), eta)]
         if in_round_2:
             rows.append(self._phase("round 2", f"{live.retried}/{live.retrying} retried (retryable failures,"
                                                " with backoff)", live.retried, live.retrying,
-                                    self._speed(), "" if self.final else clock(self._round_2_eta())))
+                                    self._speed(self._round_2_rate()),
+                                    "" if self.final else clock(self._round_2_eta())))
         # Narrower than the terminal: the "^C" a terminal echoes must not wrap the last line, or the next
         # frame is drawn one line too low.
         return Constrain(Group(*rows), width=max(self.console.width - 3, 20))
@@ -214,13 +226,18 @@ class RichDisplay:
     def _round_2_eta(self) -> float | None:
         """From round 2's own start: its time goes to backoff waits more than to bytes, and its objects
         finish in bursts, so a short window would swing between 0 and unknown."""
-        live = self.live
-        if not live.retried or self.round_2_started is None:
+        seen, started = self.seen, self.round_2_started
+        if not seen.retried or started is None:
             return None
-        return (time.monotonic() - self.round_2_started) * (live.retrying - live.retried) / live.retried
+        return (time.monotonic() - started) * (seen.retrying - seen.retried) / seen.retried
 
-    def _speed(self) -> str:
-        rate = self.bytes.rate()
+    def _round_2_rate(self) -> float | None:
+        """Round 2's own bytes since it started: round 1's speed would hide its backoff waits."""
+        elapsed = time.monotonic() - self.round_2_started
+        return (self.bytes_done - self.round_2_bytes) / elapsed if elapsed > 0 else None
+
+    @staticmethod
+    def _speed(rate: float | None) -> str:
         return f"{human_bytes(rate)}/s" if rate is not None else "-/s"
 
     @staticmethod
@@ -229,5 +246,5 @@ class RichDisplay:
         bar.add_column(ratio=1)
         bar.add_column(no_wrap=True, justify="right")
         bar.add_row(ProgressBar(total=max(total, 1), completed=completed),
-                    f"{speed}  ETA {eta}" if eta else speed)
+                    f"{speed}  ETA {eta}".strip() if eta else speed)
         return Group(Text.from_markup(f"[bold]{name:<11}[/] {counts}", overflow="fold"), bar)
