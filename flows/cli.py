@@ -64,12 +64,14 @@ def version() -> str:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     # SUPPRESS: only flags actually given appear, so on a terminal the rest can be asked; defaults live in
     # DownloadParams (one place for the CLI, the UI form and deployments).
-    prog = prog or _prog()
+    # Another command built on these flags (flows/sharded.py) names itself; the examples are this one's.
+    epilog = None if prog else EPILOG.format(prog=_prog())
     p = argparse.ArgumentParser(
-        prog=prog, argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog or _prog(), argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Download every object under a bucket/prefix to a local folder; reruns resume.\n"
                     "On a terminal, missing values are asked and a preview is confirmed first.",
-        epilog=EPILOG.format(prog=prog))
+        epilog=epilog)
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     where = p.add_argument_group("what to download")
     where.add_argument("--backend", choices=["s3", "oss"],
@@ -223,7 +225,6 @@ def _run(given: dict, yes: bool, terminal: bool, session: Session) -> int:
                 return EXIT_OK
             session.started = time.monotonic()  # the person's thinking time is not the command's
         display = _terminal().RichDisplay(_console(), preview)
-    _on_ctrl_c(session)  # again: prompt_toolkit's prompts reset SIGINT to Python's default handler
     download_objects = _prefect_ready(session.server, terminal)
     from tasks.progress import LineDisplay, use_display
     display = display or LineDisplay()

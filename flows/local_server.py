@@ -17,6 +17,8 @@ import time
 import urllib.request
 
 ADDRESS_IN_USE = 3  # uvicorn's exit status when the port was taken after we picked it
+SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OSS_ACCESS_KEY_ID",
+           "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "PERSONAL_BASE_TOKEN"}
 
 
 def _free_port() -> int:
@@ -46,9 +48,10 @@ class TemporaryServer:
         """Start it and return at once: it gets ready (~10 s) while the command lists and asks."""
         import prefect
         from prefect.settings import get_current_settings
-        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        env.pop("PREFECT_API_URL", None)
+        # The store's credentials (maybe typed in at the terminal) are none of the server's business.
+        env = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "PREFECT_API_URL"}
+        env.update(get_current_settings().to_environment_variables(exclude_unset=True),
+                   PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
         own_session = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else
                        {"start_new_session": True, "preexec_fn": _die_with_parent if sys.platform == "linux" else None})
         self.process = subprocess.Popen(

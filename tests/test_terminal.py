@@ -201,6 +201,10 @@ def test_ctrl_c_on_the_default_path_stops_within_5_s_records_crashed_and_resumes
     child.expect("downloading")
     wait_for_files(child, out / "c", 3)
     bar = screen(child)
+    servers = [pid for pid in processes_with(f"PREFECT_HOME={tmp_path / 'prefect-home'}")
+               if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(servers) == 1 and os.getsid(servers[0]) != os.getsid(child.pid)   # out of the terminal's reach
+    assert b"AWS_SECRET_ACCESS_KEY" not in Path(f"/proc/{servers[0]}/environ").read_bytes()
     child.sendintr()
     log = finish(child, timeout=5)                   # the 5 s bound
     assert child.exitstatus == 130
@@ -243,7 +247,9 @@ def test_second_ctrl_c_exits_at_once_without_a_traceback(s3, bucket, tmp_path):
     out = tmp_path / "out"
     env = with_keys(terminal_env(tmp_path, None))
     child = spawn(["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "data/", "--output", str(out),
-                   "--concurrency", "2", "--yes"], env, size=(24, 80))
+                   "--concurrency", "2"], env, size=(24, 80))
+    child.expect(r"Download 30 objects")             # interactive: a question before the download
+    child.send("y")
     child.expect("downloading")
     wait_for_files(child, out / "d", 2)
     child.sendintr()
