@@ -25,20 +25,33 @@ bench: venv
 	$(PY) -m bench.run
 
 # A Prefect server on loopback (SQLite in PREFECT_HOME; for PostgreSQL set
-# PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://user:pass@host/db).
+# PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://user:pass@host/db). Its UI talks to the same port
+# (PREFECT_UI_API_URL), whatever PREFECT_API_URL the shell or profile holds, and alerts link to runs on it
+# (PREFECT_UI_URL). PREFECT_HOST=0.0.0.0 to serve other
+# machines: then set UI_API to the URL browsers use, e.g. http://server.example:4200/api.
+PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
-API := http://127.0.0.1:$(PREFECT_PORT)/api
+API ?= http://127.0.0.1:$(PREFECT_PORT)/api
+UI_API ?= $(API)
+UI_URL ?= $(patsubst %/api,%,$(UI_API))
+# Flow runs one worker runs at once: each is a process with its own connection pool, and a small limit leaves
+# scheduled shards to the other workers (without one, the first worker to poll takes every shard).
+WORKER_LIMIT ?= 2
+WORKER_NAME ?= $(shell hostname)-$$$$
+PREFECT_FILE ?= prefect.yaml
 
 server: venv
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_SERVER_API_HOST=$(PREFECT_HOST) PREFECT_SERVER_API_PORT=$(PREFECT_PORT) PREFECT_UI_API_URL=$(UI_API) \
+		PREFECT_UI_URL=$(UI_URL) $(VENV)/bin/prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT)
 
 worker: venv
-	PREFECT_API_URL=$(API) $(VENV)/bin/prefect worker start --pool downloads --type process
+	PREFECT_API_URL=$(API) $(VENV)/bin/prefect worker start --pool downloads --type process \
+		--limit $(WORKER_LIMIT) --name $(WORKER_NAME)
 
 deploy: venv
 	PREFECT_API_URL=$(API) $(PY) -m deployments.setup
-	PREFECT_API_URL=$(API) $(VENV)/bin/prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(API) $(VENV)/bin/prefect --no-prompt deploy --all --prefect-file $(PREFECT_FILE)
 
 clean:
 	rm -rf $(VENV) demo-downloads

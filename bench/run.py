@@ -195,9 +195,11 @@ def count_files(dest: Path) -> tuple[int, int]:
         except FileNotFoundError:
             continue
         for entry in entries:
+            if entry.name.startswith(".oss"):  # the product's own files and its work area .ossdl/
+                continue
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
-            elif not entry.name.startswith((".oss-", ".ossdl-")):
+            else:
                 files += 1
                 size += entry.stat(follow_symlinks=False).st_size
     return files, size

@@ -20,11 +20,12 @@ from websockets.exceptions import ConnectionClosed
 from bridge import protocol as p
 from tasks.errors import DownloadError, UsageError, as_download_error
 from tasks.feishu import DOMAINS, Attachment, FeishuClient, LinkBroker, link_expired
-from tasks.keys import FAILED_CSV_NAME, local_path, prepare_output
+from tasks.keys import FAILED_CSV_NAME, prepare_output
 from tasks.manifest import Manifest, Outcome
 from tasks.naming import UniquePaths, clean_segment
 from tasks.report import write_failed_csv
-from tasks.transfer import Engine
+from tasks.transfer import UNKNOWN_SIZE, Engine
+from tasks.workarea import Output
 
 log = logging.getLogger("feishu-bridge")
 ATTEMPTS = 3
@@ -66,6 +67,7 @@ class Job:
         settings = service.settings
         self.folder = _unique_folder(settings.output, clean_segment(config.folder_name))
         self.folder.mkdir(parents=True)
+        self.out = Output(self.folder)
         self.manifest = Manifest(self.folder)
         self.limit = asyncio.Semaphore(min(config.concurrent or settings.download_concurrency,
                                            settings.download_concurrency))
@@ -108,7 +110,6 @@ class Job:
 
     async def _download(self, req: p.FileRequest, rel: str, fresh: bool = False) -> Outcome:
         """Up to ATTEMPTS tries (retryable errors only); the plugin hears of the result either way."""
-        dest = local_path(self.folder, req.key, "", rel)
         link = {"url": "" if fresh else req.download_url}
 
         async def sign(refresh: bool):
@@ -123,7 +124,8 @@ class Job:
             try:
                 for attempts in range(1, ATTEMPTS + 1):
                     try:
-                        got = await self.service.engine.fetch(sign, dest, req.size, "", link_expired)
+                        got = await self.service.engine.fetch(sign, self.out, rel, req.size or UNKNOWN_SIZE, "",
+                                                              link_expired)
                         break
                     except Exception as exc:  # noqa: BLE001 - reported to the plugin
                         error = as_download_error(exc)
@@ -134,7 +136,8 @@ class Job:
                 self.active -= 1
         outcome = Outcome(req.key, got.size, "", attempts, bytes_fetched=got.size, path=rel)
         self._finish(outcome)
-        await self.send(p.ack("success", f"saved {rel}", stage="file", order=req.order, name=dest.name, path=rel,
+        await self.send(p.ack("success", f"saved {rel}", stage="file", order=req.order, name=rel.rpartition("/")[2],
+                              path=rel,
                               size=got.size))
         return outcome
 
@@ -175,7 +178,7 @@ class Job:
 
     def _finish(self, outcome: Outcome) -> None:
         self.outcomes[outcome.key] = outcome
-        self.manifest.record([outcome], self.config.job_id or "job")
+        self.manifest.add([outcome], self.config.job_id or "job")
         self.service.changed()
         loop = asyncio.get_running_loop()
         if loop.time() - self._progress_at >= PROGRESS_EVERY:
@@ -196,7 +199,7 @@ class Job:
         loop = asyncio.get_running_loop()
         run_id = self.config.job_id or "job"
         csv_path, first_rows = await loop.run_in_executor(None, write_failed_csv, self.manifest, run_id,
-                                                          self.folder, FAILED_CSV_NAME, True)
+                                                          self.out, FAILED_CSV_NAME, True)
         ok = sum(o.ok for o in self.outcomes.values())
         failed = len(self.outcomes) - ok
         if self.recorded:
@@ -209,6 +212,7 @@ class Job:
             await loop.run_in_executor(None, zip_folder, self.folder, zip_path, self.folder.name)
             await self.send(p.ack("success", f"zipped {zip_path.name}", stage="zip", path=str(zip_path)))
         self.manifest.close()
+        self.out.close()
         self.finished = True
         self.service.changed()
         await self.send(p.ack("success" if not failed else "error",
@@ -273,6 +277,7 @@ class BridgeService:
         for job in self.jobs:
             if not job.finished:
                 job.manifest.close()
+                job.out.close()
                 if job.recorded:
                     job.recorded({"listed": len(job.requests), "downloaded": sum(o.ok for o in job.outcomes.values()),
                                   "failed": sum(not o.ok for o in job.outcomes.values())})

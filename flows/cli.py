@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 STARTED = time.monotonic()  # the summary's time is the whole command's
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_EMPTY = 3  # --fail-if-empty and nothing was selected
 SERVER_START_TIMEOUT = 90.0
 RESUMES = "the same command resumes where this run stopped"
@@ -45,6 +45,7 @@ exit codes:
   2    bad input, or the store or output folder cannot be used (one line on stderr)
   3    nothing was selected and --fail-if-empty was given
   130  interrupted (Ctrl-C): the same command resumes where it stopped
+  143  stopped by SIGTERM (a scheduler, kill): the same command resumes
 """
 
 
@@ -105,6 +106,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--connect-timeout", type=float, metavar="S", help="per request, seconds. Default: 10")
     run.add_argument("--read-timeout", type=float, metavar="S",
                      help="seconds without data before a request fails, 0 = none. Default: 60")
+    run.add_argument("--low-speed-limit", type=float, metavar="B",
+                     help="bytes/s; a download slower than this for --low-speed-time fails as too slow and is"
+                          " retried (curl's rule), 0 = none. Default: 1024")
+    run.add_argument("--low-speed-time", type=float, metavar="S",
+                     help="seconds a download may stay below --low-speed-limit. Default: 60")
     run.add_argument("--max-requests-per-second", type=float, metavar="R",
                      help="space request starts to at most R per second (stores that throttle); default: no cap")
     store = p.add_argument_group("store options")
@@ -115,7 +121,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                        help="S3 bucket addressing. Default: auto")
     store.add_argument("--cname", action="store_true", help="OSS: the endpoint is a custom domain bound to the bucket")
     store.add_argument("--credentials-block", metavar="NAME",
-                       help="a Prefect Secret block holding JSON {access_key_id, secret_access_key, session_token}")
+                       help="a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
+                            " or a Secret holding JSON {access_key_id, secret_access_key, session_token};"
+                            " 'type/name' picks one type")
     return p
 
 
@@ -182,12 +190,26 @@ def _on_ctrl_c(session: Session) -> None:
     signal.signal(signal.SIGINT, first)
 
 
+_terminated = False
+
+
+def _sigterm(signum, frame) -> None:
+    """SIGTERM (a scheduler or `kill` stopping the run) stops it the way Ctrl-C does."""
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
 def exit_code(run, interrupted=None) -> int:
     """Run a command body and map what escapes it to the exit codes (2 usage, 3 nothing selected with
-    --fail-if-empty, 130 Ctrl-C, 1 otherwise), with one line on stderr and never a traceback."""
-    from tasks.errors import NothingSelected, UsageError
+    --fail-if-empty, 130 Ctrl-C, 143 SIGTERM, 1 otherwise), with one line on stderr and never a traceback.
+    `interrupted()`: what to say on Ctrl-C."""
+    from tasks.errors import NothingSelected, ObjectsFailed, UsageError
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         return run()
+    except ObjectsFailed as exc:  # the run finished, its flow run is Failed: print its summary, exit 1
+        return print_result(exc.summary)
     except (ValueError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -195,6 +217,9 @@ def exit_code(run, interrupted=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_EMPTY
     except KeyboardInterrupt:
+        if _terminated:
+            print(f"\nstopped (SIGTERM): {RESUMES}", file=sys.stderr)
+            return EXIT_TERMINATED
         message = interrupted() if interrupted else f"interrupted: {RESUMES}"
         print(f"\n{message}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -205,7 +230,10 @@ def exit_code(run, interrupted=None) -> int:
 
 def print_result(result) -> int:
     print(result.text())
-    return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
+    ok = getattr(result, "ok", True)
+    if getattr(result, "incomplete", ""):
+        print(f"error: {result.incomplete}", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _run(given: dict, yes: bool, terminal: bool, session: Session) -> int:
@@ -230,8 +258,12 @@ def _run(given: dict, yes: bool, terminal: bool, session: Session) -> int:
     display = display or LineDisplay()
     use_display(display)
     session.downloading = not params.dry_run
+    from tasks.errors import ObjectsFailed
     with display:
-        result = download_objects(params)
+        try:
+            result = download_objects(params)
+        except ObjectsFailed as exc:  # the run finished and its flow run is Failed: the summary says why
+            result = exc.summary
     session.downloading = False
     return _report(result, params, session, display)
 
@@ -267,10 +299,12 @@ def _report(result, params, session: Session, display) -> int:
                           active_seconds=getattr(display, "active_seconds", None)))
     else:
         print(result.text())
+    if getattr(result, "incomplete", ""):
+        print(f"error: {result.incomplete}", file=sys.stderr)
     why = nothing_selected(result, params)
     if why:  # with fail_if_empty the flow raised instead (exit 3)
         print(f"warning: {why}", file=sys.stderr)
-    return EXIT_FAILED if getattr(result, "failed", 0) else EXIT_OK
+    return EXIT_OK if getattr(result, "ok", True) else EXIT_FAILED
 
 
 def _preview_on_terminal(backend, params):
@@ -280,7 +314,8 @@ def _preview_on_terminal(backend, params):
     from tasks.keys import parse_suffixes, prefix_folder
     console = _console()
     plan = Plan(Path(params.output).expanduser().resolve(), prefix_folder(params.prefix),
-                parse_suffixes(params.include_suffix), run_id="preview", shard=params.shard)
+                parse_suffixes(params.include_suffix), run_id="preview", max_attempts=params.max_attempts,
+                retry_backoff=params.retry_backoff, shard=params.shard, prefix=params.prefix)
     with console.status(f"listing {params.backend}://{params.bucket}/{params.prefix} …"):
         preview = _terminal().scan(backend, plan)
     _terminal().show_preview(console, preview)

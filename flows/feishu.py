@@ -17,13 +17,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.pipeline import BATCH_WORKERS, download_all, preview_all
-from tasks.batch import Plan
+from tasks.batch import Plan, Run
+from tasks.download_tasks import final_state
 from tasks.feishu import DOMAINS, BitableSource, FeishuBackend, FeishuClient, personal_base_token
 from tasks.keys import prepare_output
 from tasks.manifest import Manifest
 from tasks.naming import UNCATEGORIZED, AttachmentNaming, clean_segment
 from tasks.report import Preview, Summary
+from tasks.runs import mark_crashed
 from tasks.transfer import Engine
+from tasks.workarea import Output
 from tasks.zipper import zip_folder
 
 ZIP_KEY = "feishu-zip"
@@ -99,21 +102,23 @@ def zip_job(folder, zip_path) -> str:
 def download_attachments(params: FeishuParams) -> Summary | Preview:
     folder = prepare_output(prepare_output(params.output) / params.folder_name)
     plan = Plan(folder, "", (), run_id=flow_run.id or uuid.uuid4().hex, max_attempts=params.max_attempts,
-                retry_backoff=params.retry_backoff, path_column=True)
+                retry_backoff=params.retry_backoff, path_column=True, prefix=f"{params.table_id} records")
     engine = Engine(params.concurrency, params.connect_timeout, params.read_timeout)
     client = params.client(personal_base_token(params.token_block))
-    with closing(Manifest(folder, plan.manifest_name)) as manifest, engine:
+    with Output(folder, owner={"flow_run_id": str(flow_run.id or "")}) as out, \
+            closing(Manifest(folder, plan.manifest_name)) as manifest, engine:
+        mark_crashed(out.previous_owner, flow_run.id)
         try:
             backend = FeishuBackend(params.source(), client, engine, params.naming())
             backend.check()
             if params.dry_run:
                 return preview_all(backend, engine, plan)
-            summary = download_all(backend, engine, manifest, plan)
+            summary = download_all(Run(plan, engine, backend, manifest, out))
         finally:
             engine.run(client.close())
     if params.zip:
         summary.zip_file = zip_job(folder, folder.with_name(folder.name + ".zip"))
-    return summary
+    return final_state(summary)
 
 
 if __name__ == "__main__":

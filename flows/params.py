@@ -39,6 +39,11 @@ class DownloadParams(BaseModel):
     cname: bool = Field(False, title="OSS custom domain", description="The endpoint is a CNAME bound to the bucket.")
     connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
     read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
+    low_speed_limit: float = Field(1024, ge=0, title="Low-speed limit (bytes/s)",
+                                   description="A download slower than this for the low-speed time fails as too"
+                                               " slow and is retried (curl's rule); 0: no limit.")
+    low_speed_time: float = Field(60, gt=0, title="Low-speed time (s)",
+                                  description="How long a download may stay below the low-speed limit.")
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
                                  description="First wait of round 2's exponential backoff.")
     max_requests_per_second: float | None = Field(
@@ -46,8 +51,9 @@ class DownloadParams(BaseModel):
         description="For stores that throttle: request starts per second in this process; empty: no limit.")
     credentials_block: str | None = Field(
         None, title="Credentials block",
-        description="Name of a Prefect Secret block holding JSON {access_key_id, secret_access_key,"
-                    " session_token}; empty: environment variables / profile of the worker.")
+        description="Name of a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
+                    " or a Secret holding JSON {access_key_id, secret_access_key, session_token}; 'type/name'"
+                    " picks one type. Empty: environment variables / profile of the worker.")
     start_after: str = Field("", title="Shard start (exclusive)", description="Only keys after this one.")
     end_before: str = Field("", title="Shard end (exclusive)", description="Only keys before this one.")
     shard: str | None = Field(None, title="Shard name", pattern=r"^[A-Za-z0-9_-]{1,64}$",
@@ -69,3 +75,21 @@ class DownloadParams(BaseModel):
                            cname=self.cname, concurrency=self.concurrency,
                            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                            start_after=self.start_after, end_before=self.end_before)
+
+
+def with_deployment_defaults(params: DownloadParams) -> DownloadParams:
+    """A deployment run given only some fields of `params` (UI, API, `prefect deployment run --params`) keeps
+    the deployment's values for the others: Prefect replaces the whole `params` object, so without this a run
+    given only a bucket would lose the deployment's credentials_block, output and concurrency."""
+    from prefect.runtime import deployment
+    if not deployment.id:
+        return params
+    from prefect.client.orchestration import get_client
+    with get_client(sync_client=True) as client:
+        defaults = client.read_deployment(deployment.id).parameters.get("params") or {}
+    missing = {k: v for k, v in defaults.items() if k not in params.model_fields_set}
+    if not missing:
+        return params
+    from prefect import get_run_logger
+    get_run_logger().info("params not given, the deployment's values kept: %s", ", ".join(sorted(missing)))
+    return DownloadParams.model_validate({**missing, **params.model_dump(include=params.model_fields_set)})

@@ -1,34 +1,80 @@
 """Scale-out on Prefect itself: split a huge prefix into key-range shards and run each shard as a child
-flow run of the download deployment, so every worker of the work pool takes a share.
+flow run of a download deployment, so every worker of the work pool takes a share.
 
-    python -m flows.sharded --shards 4 --deployment object-download/s3-download --bucket B ...
+    python -m flows.sharded --shards 4 --deployment object-download/shard --bucket B ...
 """
 from __future__ import annotations
 
 import json
 import time
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import deployment as this_deployment
+from prefect.states import Cancelled, Failed
+from pydantic import Field
 
-from flows.params import DownloadParams
+from flows.params import DownloadParams, with_deployment_defaults
 from tasks import download_tasks as units
 from tasks.backends import make_backend
 from tasks.batch import Tally
+from tasks.errors import UsageError
 from tasks.keys import prepare_output
 from tasks.report import Summary
 from tasks.shards import merge_failed_csvs, shard_names, split, tally_from_rows
 
-DEFAULT_DEPLOYMENT = "object-download/s3-download"
+DEFAULT_DEPLOYMENT = "object-download/shard"
+MAX_SHARDS = 64
 
 
-def _wait(client, run_ids: list, poll: float) -> dict:
+class ShardsNotStarted(RuntimeError):
+    """No shard ran for start_timeout_seconds while some were still waiting: no worker could take them."""
+
+
+class ShardsBroken(RuntimeError):
+    """Shard runs that ended without a summary (crashed, cancelled, failed before downloading)."""
+
+
+def _check_pool(client, deployment: str) -> str:
+    """The work pool the shards go to; UsageError when they could never start there."""
+    try:
+        target = client.read_deployment_by_name(deployment)
+    except ObjectNotFound:
+        raise UsageError(f"deployment: {deployment!r} not found (make deploy creates it)") from None
+    pool = client.read_work_pool(target.work_pool_name)
+    parent_on_pool = bool(this_deployment.id) and \
+        client.read_deployment(this_deployment.id).work_pool_name == pool.name
+    needed = 2 if parent_on_pool else 1
+    if pool.concurrency_limit is not None and pool.concurrency_limit < needed:
+        holder = " (this sharded run holds one of them)" if parent_on_pool else ""
+        raise UsageError(f"work pool {pool.name!r} runs at most {pool.concurrency_limit} flow run(s) at once{holder}:"
+                         f" shards could never start; raise it (prefect work-pool set-concurrency-limit"
+                         f" {pool.name} N) or clear it")
+    return pool.name
+
+
+def _wait(client, run_ids: list, poll: float, start_timeout: float, pool: str) -> dict:
+    """Wait until every shard is final. Shards may queue for worker slots for as long as others run, but
+    when none has run for `start_timeout` seconds while some still wait, the rest are cancelled (so none
+    starts later unseen) and ShardsNotStarted says which."""
+    idle_since = time.monotonic()
     while True:
         runs = {rid: client.read_flow_run(rid) for rid in run_ids}
-        if all(r.state and r.state.is_final() for r in runs.values()):
+        waiting = [r for r in runs.values() if not (r.state and r.state.is_final())]
+        if not waiting:
             return runs
+        if any(r.state.is_running() or r.state.is_pending() for r in waiting):
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > start_timeout:
+            for run in waiting:
+                client.set_flow_run_state(run.id, Cancelled(message="the sharded run gave up waiting"), force=True)
+            names = ", ".join(f"{r.name} ({r.state.name})" for r in sorted(waiting, key=lambda r: r.name))
+            raise ShardsNotStarted(f"shards did not start within {start_timeout:g} s and were cancelled: {names};"
+                                   f" is a worker with a free slot polling work pool {pool!r}? (make worker)")
         time.sleep(poll)
 
 
@@ -42,11 +88,36 @@ def _summary_rows(client, run_id) -> list[dict]:
 
 
 @flow(name="sharded-download", persist_result=False)
-def sharded_download(params: DownloadParams, shards: int = 4, deployment: str = DEFAULT_DEPLOYMENT,
-                     poll_seconds: float = 2.0) -> Summary:
+def sharded_download(
+    params: DownloadParams,
+    shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 4,
+    deployment: Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$")] = DEFAULT_DEPLOYMENT,
+    poll_seconds: Annotated[float, Field(ge=0.5, le=60)] = 2.0,
+    start_timeout_seconds: Annotated[float, Field(ge=5, le=86400)] = 600,
+) -> Summary:
+    """Split a prefix at its top-level folders into key ranges and download each as a child run.
+
+    Args:
+        params: What to download; every shard gets these with its own key range.
+        shards: How many shards (1-64); fewer when the prefix has fewer top-level folders.
+        deployment: The download deployment each shard runs as, flow-name/deployment-name.
+        poll_seconds: How often the shards' states are read (0.5-60 s).
+        start_timeout_seconds: Give up (and cancel the waiting shards) when no shard has run for this
+            long (5-86400 s) while some wait: no worker is free to take them.
+    """
+    try:
+        return _run(with_deployment_defaults(params), shards, deployment, poll_seconds, start_timeout_seconds)
+    except (UsageError, ShardsNotStarted, ShardsBroken) as exc:
+        # Failed with the reason as its message, no traceback; a caller of the flow gets the exception.
+        return Failed(message=str(exc), data=exc)
+
+
+def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: float, start_timeout: float):
     logger = get_run_logger()
     started = time.monotonic()
     output = prepare_output(params.output)
+    with get_client(sync_client=True) as client:
+        pool = _check_pool(client, deployment)
     ranges = split(make_backend(params.store_config()).folders(), shards)
     names = shard_names(len(ranges))
     children = []
@@ -57,38 +128,49 @@ def sharded_download(params: DownloadParams, shards: int = 4, deployment: str = 
         logger.info("shard %s: keys after %r, before %r", name, after or "(start)", before or "(end)")
     tally = Tally()
     with get_client(sync_client=True) as client:
-        runs = _wait(client, [c.id for c in children], poll_seconds)
-        broken = [r.name for r in runs.values() if not r.state.is_completed()]
-        for run_id in runs:
-            tally.add(tally_from_rows(_summary_rows(client, run_id)))
+        runs = _wait(client, [c.id for c in children], poll_seconds, start_timeout, pool)
+        broken = []
+        for run_id, run in runs.items():
+            rows = _summary_rows(client, run_id)
+            # A shard that ran to its report has a summary (Failed too, when some objects failed).
+            if rows:
+                tally.add(tally_from_rows(rows))
+            else:
+                broken.append(f"{run.name} ({run.state.name})")
     csv_path, first_rows = merge_failed_csvs(output, names)
     summary = Summary.of(tally, time.monotonic() - started, csv_path)
     units.publish_summary(summary, first_rows)
     if broken:
-        raise RuntimeError(f"shard runs did not complete: {', '.join(sorted(broken))}")
-    return summary
+        raise ShardsBroken(f"shard runs did not finish: {', '.join(sorted(broken))}")
+    return units.final_state(summary)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
+    from flows.cli import build_parser, exit_code, params_from_args, print_result
 
-    from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, params_from_args
-    from tasks.errors import UsageError
+    def bounded(kind, low, high):
+        def parse(text: str):
+            value = kind(text)
+            if not low <= value <= high:
+                raise ValueError
+            return value
+        parse.__name__ = f"{kind.__name__} from {low:g} to {high:g}"
+        return parse
     parser = build_parser(prog="python -m flows.sharded")
-    parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT)
+    parser.add_argument("--shards", type=bounded(int, 1, MAX_SHARDS), default=4, help="1-64 (default 4)")
+    parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help=f"default {DEFAULT_DEPLOYMENT}")
+    parser.add_argument("--poll-seconds", type=bounded(float, 0.5, 60), default=2.0)
+    parser.add_argument("--start-timeout", type=bounded(float, 5, 86400), default=600.0,
+                        help="seconds without any shard running before giving up (default 600)")
     args = parser.parse_args(argv)
-    try:
-        params = params_from_args(args, exclude=("yes", "shards", "deployment", "dry_run"))
-        summary = sharded_download(params, shards=args.shards, deployment=args.deployment)
-    except (UsageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(summary.text())
-    return EXIT_FAILED if summary.failed else EXIT_OK
+
+    def run() -> int:
+        params = params_from_args(args, exclude=("yes", "shards", "deployment", "dry_run", "poll_seconds",
+                                                 "start_timeout"))
+        return print_result(sharded_download(params, shards=args.shards, deployment=args.deployment,
+                                             poll_seconds=args.poll_seconds,
+                                             start_timeout_seconds=args.start_timeout))
+    return exit_code(run)
 
 
 if __name__ == "__main__":

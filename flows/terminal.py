@@ -19,8 +19,9 @@ from rich.text import Text
 from flows.params import DownloadParams
 from tasks.backends import Backend
 from tasks.batch import Live, Plan
+from tasks.listing import list_page, pages
 from tasks.progress import Meter, clock
-from tasks.report import Preview, earlier_manifest, human_bytes, objects
+from tasks.report import Preview, earlier_run, human_bytes, objects
 
 OSS_ENDPOINTS = [f"https://oss-{region}.aliyuncs.com" for region in (
     "cn-hangzhou", "cn-shanghai", "cn-beijing", "cn-shenzhen", "cn-qingdao", "cn-zhangjiakou", "cn-chengdu",
@@ -137,14 +138,10 @@ def scan(backend: Backend, plan: Plan) -> Preview:
     """List everything selected, and count what an earlier run already downloaded (Prefect-free: the
     preview comes before the flow run, while Prefect starts)."""
     preview = Preview()
-    token = None
-    with earlier_manifest(plan) as manifest:
-        while True:
-            page = backend.list_page(token)
-            preview.add_page(page.objects, plan, manifest)
-            token = page.next_token
-            if not token:
-                return preview
+    with earlier_run(plan) as (manifest, out):
+        for page in pages(backend, lambda token, _: list_page(backend, token, plan.max_attempts, plan.retry_backoff)):
+            preview.add_page(page.objects, plan, manifest, out)
+    return preview
 
 
 def show_preview(console: Console, preview: Preview) -> None:

@@ -11,7 +11,7 @@ context manager. It serves:
 
 Every ``/open-apis`` call needs ``Authorization: Bearer <token>`` and passes a token bucket per app
 token (``rate_per_second``, burst 2). Media downloads honour ``Range`` and the injected faults
-("status" | "reset" | "truncate" | "delay").
+(``MEDIA_FAULTS``: "status" | "reset" | "truncate" | "delay" | "short" | "trickle").
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from aiohttp import web
+
+from infra.faults import OBJECT_FAULTS, Fault, FaultBook, short_length
 
 GOOD_TOKEN = "pt-test-personal-base-token"
 
@@ -55,12 +57,10 @@ BURST = 2
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 20, 500
 
 
-@dataclass
-class Fault:
-    kind: str                  # "status" | "reset" | "truncate" | "delay"
-    times: int | None = None   # None: every time
-    status: int = 500
-    seconds: float = 0.0
+# The shared object faults this server performs on media downloads; a status fault answers Feishu's
+# JSON error (429 with the rate-limit code), so it takes no S3-style error `code`.
+MEDIA_FAULTS = {"status": {"status": 500},
+                **{kind: OBJECT_FAULTS[kind] for kind in ("reset", "truncate", "delay", "short", "trickle")}}
 
 
 @dataclass
@@ -110,14 +110,13 @@ class FeishuServer:
         self.link_ttl = link_ttl
         self.max_tmp_tokens = max_tmp_tokens
         self.counters: dict[str, int] = {}
-        self.media_gets_by_token: dict[str, int] = {}
         self.auth_headers_seen: list[str] = []
         self._lock = threading.Lock()
         self._secret = secrets.token_bytes(16)
         self._apps: dict[str, dict[str, _Table]] = {}
         self._files: dict[str, _File] = {}
         self._file_app: dict[str, str] = {}          # file_token -> app_token (learned in add_record)
-        self._faults: dict[str, list[Fault]] = {}
+        self._faults = FaultBook(MEDIA_FAULTS)          # keyed by file token; counts media GETs
         self._buckets: dict[str, tuple[float, float]] = {}   # key -> (tokens, last monotonic)
         self._media_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -227,42 +226,38 @@ class FeishuServer:
         with self._lock:
             self._files[file_token].denied = True
 
-    def add_fault(self, file_token: str, kind: str, times: int | None = None, status: int = 500,
-                  seconds: float = 0.0) -> None:
-        if kind not in ("status", "reset", "truncate", "delay"):
-            raise ValueError(f"unknown fault kind {kind!r}")
-        with self._lock:
-            self._faults.setdefault(file_token, []).append(Fault(kind, times, status, seconds))
+    def add_fault(self, file_token: str, kind: str, times: int | None = None, **params) -> None:
+        """Fault media downloads (both routes) of one file: a MEDIA_FAULTS kind and its parameters.
+
+        times=None: every download; else only the first `times`. The first fault (in the order added)
+        with uses left wins. short and trickle bend only successful answers.
+        """
+        self._faults.add(file_token, kind, times, **params)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        """Drop all faults (counters are reset by reset_counters)."""
+        self._faults.clear_faults()
 
     def reset_counters(self) -> None:
         with self._lock:
             self.counters = {"api_calls": 0, "rate_limited": 0, "tmp_url_calls": 0, "media_gets": 0,
                              "expired_hits": 0, "max_media_in_flight": 0}
-            self.media_gets_by_token = {}
             self.auth_headers_seen = []
             self._buckets.clear()
+        self._faults.clear_counts()
+
+    @property
+    def media_in_flight(self) -> int:
+        """Media downloads being served right now."""
+        return self._media_in_flight
 
     def get_count(self, file_token: str) -> int:
         """Media GETs (both download routes) for one file token."""
-        return self.media_gets_by_token.get(file_token, 0)
+        return self._faults.count(file_token)
 
     # ------------------------------------------------------------------ helpers
     def _sign(self, file_token: str, expires: str) -> str:
         return hmac.new(self._secret, f"{file_token}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
-
-    def _take_fault(self, file_token: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults.get(file_token, []):
-                if fault.times is None:
-                    return fault
-                if fault.times > 0:
-                    fault.times -= 1
-                    return fault
-        return None
 
     def _rate_key(self, request: web.Request) -> str:
         app_token = request.match_info.get("app_token")
@@ -446,7 +441,6 @@ class FeishuServer:
     async def _serve_media(self, request: web.Request, file_token: str) -> web.StreamResponse:
         with self._lock:
             self.counters["media_gets"] += 1
-            self.media_gets_by_token[file_token] = self.media_gets_by_token.get(file_token, 0) + 1
             self._media_in_flight += 1
             self.counters["max_media_in_flight"] = max(self.counters["max_media_in_flight"],
                                                        self._media_in_flight)
@@ -457,7 +451,7 @@ class FeishuServer:
                 self._media_in_flight -= 1
 
     async def _serve_media_inner(self, request: web.Request, file_token: str) -> web.StreamResponse:
-        fault = self._take_fault(file_token)
+        fault = self._faults.take(file_token)
         if fault is not None and fault.kind == "delay":
             await asyncio.sleep(fault.seconds)
             fault = None
@@ -493,6 +487,8 @@ class FeishuServer:
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         body = f.data[start:end + 1]
+        if fault is not None and fault.kind == "short":
+            body = body[: short_length(len(body), fault.fraction)]   # a clean answer, just too short
         headers["Content-Length"] = str(len(body))
 
         if fault is not None and fault.kind == "truncate":
@@ -506,7 +502,30 @@ class FeishuServer:
         if request.method == "HEAD":
             resp = web.Response(status=status, headers=headers)
             return resp
+        if fault is not None and fault.kind == "trickle":
+            return await self._trickle(request, status, headers, body, fault)
         return web.Response(status=status, body=body, headers=headers)
+
+    @staticmethod
+    async def _trickle(request: web.Request, status: int, headers: dict, body: bytes, fault: Fault
+                       ) -> web.StreamResponse:
+        """Headers (full Content-Length) at once, then `chunk` bytes every `seconds` until done or the
+        client hangs up; the event loop serves other requests meanwhile."""
+        resp = web.StreamResponse(status=status, headers=headers)
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        try:
+            for start in range(0, len(body), fault.chunk):
+                if start:
+                    deadline = loop.time() + fault.seconds
+                    while loop.time() < deadline:
+                        if request.transport is None or request.transport.is_closing():
+                            return resp                   # the client went away: stop now
+                        await asyncio.sleep(min(deadline - loop.time(), 0.1))
+                await resp.write(body[start:start + fault.chunk])
+        except ConnectionError:
+            pass
+        return resp
 
     @staticmethod
     def _reset(request: web.Request) -> None:

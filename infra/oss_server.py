@@ -11,9 +11,10 @@ This server implements, in memory:
 * signature checks for every request: V1 header (`OSS id:sig`), V1 query (OSSAccessKeyId/Expires/
   Signature), V4 header (`OSS4-HMAC-SHA256 ...`) and V4 query (x-oss-signature-version=...), with STS
   security tokens. The strings to sign mirror oss2/auth.py, so a client signing bug fails a test;
-* OSS's error XML, archive-class objects that refuse GETs, and injected faults on object GETs.
+* OSS's error XML, archive-class objects that refuse GETs, multipart and KMS-encrypted objects
+  (whose ETags are not MD5s), and injected faults on object GETs and on listings (infra.faults).
 
-Only GET and HEAD are served; objects are added from Python with `put()`.
+Only GET and HEAD are served; objects are added from Python with `put()` / `put_multipart()`.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ from urllib.parse import quote, unquote_to_bytes
 from xml.sax.saxutils import escape
 
 import crcmod
+
+from infra.faults import (LIST_FAULTS, OBJECT_FAULTS, RANGE_ONLY, Fault, FaultBook, shifted_range, short_length,
+                          wait_unless_hung_up)
 
 ACCESS_KEY, SECRET_KEY = "oss-test-key-id", "oss-test-key-secret"
 
@@ -64,7 +68,10 @@ _SUBRESOURCES = frozenset([
 STORAGE_CLASSES = ("Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive")
 # Unrestored objects of these classes cannot be read: OSS answers GET with 403 InvalidObjectState.
 _ARCHIVED = frozenset(("Archive", "ColdArchive", "DeepColdArchive"))
-FAULT_KINDS = ("status", "reset", "truncate", "delay", "bad_crc")
+# The shared object faults, plus a wrong x-oss-hash-crc64ecma (the client's CRC check must fail).
+FAULT_KINDS = {**OBJECT_FAULTS, "bad_crc": {}}
+SSE_MODES = ("AES256", "KMS")
+_KMS_KEY_ID = "9468da86-3509-4f8d-a61e-6eab1eac2d2c"   # reported for KMS objects, like a real CMK id
 _OWNER_ID = "1283641064516515"
 _MAX_SKEW = 15 * 60   # OSS rejects header-signed requests whose date is >15 min off (RequestTimeTooSkewed)
 
@@ -72,9 +79,11 @@ _MAX_SKEW = 15 * 60   # OSS rejects header-signed requests whose date is >15 min
 @dataclass
 class _Object:
     data: bytes
-    etag: str                 # quoted upper-case md5 hex, like OSS for simple uploads
+    etag: str                 # quoted: upper-case MD5 hex for simple uploads, "<HEX>-N" for multipart, random for KMS
     last_modified: float
     storage_class: str
+    object_type: str = "Normal"   # "Multipart" after a multipart upload
+    sse: str | None = None        # x-oss-server-side-encryption
     _crc: int | None = None   # computed on first use; objects may be large and never read
 
     @property
@@ -88,15 +97,6 @@ class _Object:
 class _Bucket:
     objects: dict[str, _Object] = field(default_factory=dict)
     keys: list[bytes] = field(default_factory=list)   # UTF-8 keys, sorted: the listing order of OSS
-
-
-@dataclass
-class _Fault:
-    kind: str
-    status: int
-    code: str
-    seconds: float
-    times: int | None
 
 
 class _OssError(Exception):
@@ -121,8 +121,9 @@ class OssServer:
         self._buckets: dict[str, _Bucket] = {}
         # key id -> (secret, STS token or None)
         self._credentials: dict[str, tuple[str, str | None]] = {ACCESS_KEY: (SECRET_KEY, None)}
-        self._faults: dict[tuple[str, str], list[_Fault]] = {}
-        self._gets: dict[tuple[str, str], int] = {}
+        self._object_faults = FaultBook(FAULT_KINDS)   # keyed by (bucket, key)
+        self._list_faults = FaultBook(LIST_FAULTS)      # keyed by bucket
+        self._stopping = threading.Event()               # ends trickles when the server stops
         self._in_flight = 0
         self._max_in_flight = 0
         self.starts: list[float] = []               # time.monotonic() of every request
@@ -135,6 +136,7 @@ class OssServer:
     # ----- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "OssServer":
         if self._httpd is None:
+            self._stopping.clear()
             httpd = _QuietServer(("127.0.0.1", 0), _Handler)
             httpd.daemon_threads = True   # idle keep-alive connections must not block shutdown
             httpd.oss = self              # type: ignore[attr-defined]
@@ -146,6 +148,7 @@ class OssServer:
 
     def stop(self) -> None:
         if self._httpd is not None:
+            self._stopping.set()
             self._httpd.shutdown()
             self._httpd.server_close()
             self._thread.join(timeout=5)
@@ -177,20 +180,64 @@ class OssServer:
         with self._lock:
             self._buckets.setdefault(name, _Bucket())
 
-    def put(self, bucket: str, key: str, data: bytes, storage_class: str = "Standard") -> None:
+    def put(self, bucket: str, key: str, data: bytes, storage_class: str = "Standard", *,
+            multipart_parts: int | None = None, sse: str | None = None) -> str:
+        """Store an object; return its quoted ETag.
+
+        multipart_parts=N: as if uploaded in N parts of ceil(len/N) bytes (the last shorter): object type
+        Multipart and OSS's multipart ETag, "<HEX>-N" (the MD5 of the parts' binary MD5s, then the count).
+        sse="KMS": x-oss-server-side-encryption: KMS (and a key id) on GET/HEAD, and an ETag that is not
+        the MD5 of the data, as OSS gives KMS-encrypted objects; sse="AES256" keeps the MD5 ETag.
+        Overwriting a key always moves its Last-Modified on by at least a second (HTTP dates have
+        one-second resolution), so a changed object is visible by date as well as by ETag.
+        """
+        data = bytes(data)
+        if multipart_parts is None:
+            return self._store(bucket, key, data, storage_class, None, sse)
+        if not isinstance(multipart_parts, int) or multipart_parts < 1:
+            raise ValueError("multipart_parts must be an integer >= 1")
+        part_size = max(1, -(-len(data) // multipart_parts))
+        if multipart_parts > 1 and (multipart_parts - 1) * part_size >= len(data):
+            raise ValueError(f"{len(data)} bytes cannot be cut into {multipart_parts} parts of equal size "
+                             "(but the last); use put_multipart(part_size=...)")
+        return self._store(bucket, key, data, storage_class, part_size, sse)
+
+    def put_multipart(self, bucket: str, key: str, data: bytes, part_size: int = 5 * 1024 * 1024, *,
+                      storage_class: str = "Standard", sse: str | None = None) -> str:
+        """Store an object as if uploaded in parts of `part_size` bytes (the last shorter), like
+        MotoS3.put_multipart; return its quoted ETag, "<HEX>-N"."""
+        if not isinstance(part_size, int) or part_size < 1:
+            raise ValueError("part_size must be an integer >= 1")
+        return self._store(bucket, key, bytes(data), storage_class, part_size, sse)
+
+    def _store(self, bucket: str, key: str, data: bytes, storage_class: str, part_size: int | None,
+               sse: str | None) -> str:
         if storage_class not in STORAGE_CLASSES:
             raise ValueError(f"unknown storage class {storage_class!r}; one of {STORAGE_CLASSES}")
+        if sse is not None and sse not in SSE_MODES:
+            raise ValueError(f"unknown server-side encryption {sse!r}; one of {SSE_MODES}")
         if not key:
             raise ValueError("an object key must not be empty")
-        data = bytes(data)
-        obj = _Object(data, '"' + hashlib.md5(data).hexdigest().upper() + '"', time.time(), storage_class)
+        if part_size is not None:
+            parts = [data[i: i + part_size] for i in range(0, len(data), part_size)] or [b""]
+            digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+            etag, object_type = f"{digest.upper()}-{len(parts)}", "Multipart"
+        elif sse == "KMS":
+            # Not derived from the data at all, as a client must not assume anything about it.
+            etag, object_type = secrets.token_hex(16).upper(), "Normal"
+        else:
+            etag, object_type = hashlib.md5(data).hexdigest().upper(), "Normal"
         with self._lock:
             if bucket not in self._buckets:
                 raise KeyError(f"no bucket {bucket!r}; call create_bucket first")
             b = self._buckets[bucket]
-            if key not in b.objects:
+            now, old = time.time(), b.objects.get(key)
+            if old is not None and int(now) <= int(old.last_modified):
+                now = int(old.last_modified) + 1.0
+            if old is None:
                 bisect.insort(b.keys, key.encode("utf-8"))
-            b.objects[key] = obj
+            b.objects[key] = _Object(data, f'"{etag}"', now, storage_class, object_type, sse)
+        return f'"{etag}"'
 
     def add_sts(self, key_id: str, secret: str, token: str) -> None:
         """Accept temporary credentials: requests signed with key_id must carry this security token."""
@@ -198,31 +245,48 @@ class OssServer:
             self._credentials[key_id] = (secret, token)
 
     # ----- faults and counters -------------------------------------------------------------------
-    def add_fault(self, bucket: str, key: str, kind: str, *, status: int = 500, code: str = "InternalError",
-                  seconds: float = 0.0, times: int | None = None) -> None:
-        """Fault GETs of one object. kind: status | reset | truncate | delay | bad_crc.
+    def add_fault(self, bucket: str, key: str, kind: str, times: int | None = None, **params) -> None:
+        """Fault GETs of one object: infra.faults.OBJECT_FAULTS (status, reset, truncate, delay, short,
+        wrong_range, ignore_range, trickle) and bad_crc, with their parameters.
 
-        times=None: every GET; else only the first `times` GETs. The first fault (in the order added)
-        that still has uses left wins. Listings and HEADs are never faulted.
+        times=None: every GET; else only the first `times` GETs it applies to. The first fault (in the
+        order added) that applies and still has uses left wins. wrong_range and ignore_range apply only
+        to GETs with a Range header; body faults leave error answers alone. HEADs are never faulted.
         """
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        with self._lock:
-            self._faults.setdefault((bucket, key), []).append(_Fault(kind, status, code, seconds, times))
+        self._object_faults.add((bucket, key), kind, times, **params)
+
+    def add_list_fault(self, bucket: str, kind: str, page: int | None = None, times: int | None = None,
+                       **params) -> None:
+        """Fault ListObjects (v1 and v2) of a bucket: infra.faults.LIST_FAULTS.
+
+        page: only the list request with this 0-based index since the last clear (see list_count);
+        None: any. truncated_no_token and repeat_token always answer IsTruncated=true; repeat_token on
+        a first page (no marker/token sent) answers the first item minus its last character as the
+        marker (v2: as the token), which lists that first page again.
+        """
+        self._list_faults.add(bucket, kind, times, page, **params)
 
     def clear_faults(self) -> None:
-        """Drop all faults and reset the counters (GET counts, max_in_flight, starts, requests)."""
+        """Drop all faults and reset the counters (GET and list counts, max_in_flight, starts, requests)."""
+        self._object_faults.clear()
+        self._list_faults.clear()
         with self._lock:
-            self._faults.clear()
-            self._gets.clear()
             self._max_in_flight = self._in_flight
             self.starts.clear()
             self.requests.clear()
 
     def get_count(self, bucket: str, key: str) -> int:
         """Object GETs seen for bucket/key, faulted ones included."""
-        with self._lock:
-            return self._gets.get((bucket, key), 0)
+        return self._object_faults.count((bucket, key))
+
+    def list_count(self, bucket: str) -> int:
+        """ListObjects (v1 and v2) requests seen for the bucket, faulted ones included."""
+        return self._list_faults.count(bucket)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served right now."""
+        return self._in_flight
 
     @property
     def max_in_flight(self) -> int:
@@ -240,17 +304,6 @@ class OssServer:
     def _end(self) -> None:
         with self._lock:
             self._in_flight -= 1
-
-    def _count_get_and_take_fault(self, bucket: str, key: str) -> _Fault | None:
-        with self._lock:
-            self._gets[(bucket, key)] = self._gets.get((bucket, key), 0) + 1
-            for fault in self._faults.get((bucket, key), []):
-                if fault.times is None:
-                    return fault
-                if fault.times > 0:
-                    fault.times -= 1
-                    return fault
-        return None
 
     def _bucket(self, name: str) -> _Bucket:
         with self._lock:
@@ -487,6 +540,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ----- listing -----------------------------------------------------------------------------------
     def _list_objects(self, oss: OssServer, name: str, bucket: _Bucket, params: dict[str, str]) -> None:
+        fault = oss._list_faults.take(name)
+        if fault is not None and self._common_fault(fault):
+            return
         v2 = params.get("list-type") == "2"
         prefix, delimiter = params.get("prefix", ""), params.get("delimiter", "")
         encoding = params.get("encoding-type", "")
@@ -533,14 +589,23 @@ class _Handler(BaseHTTPRequestHandler):
         out.append(f"<MaxKeys>{max_keys}</MaxKeys><Delimiter>{enc(delimiter)}</Delimiter>")
         if encoding:
             out.append(f"<EncodingType>{encoding}</EncodingType>")
+
+        def next_page(after_item: str) -> str:
+            return base64.urlsafe_b64encode(after_item.encode()).decode() if v2 else after_item
+
+        next_value = next_page(items[-1][1]) if truncated else None   # NextContinuationToken / NextMarker
+        if fault is not None and fault.kind == "truncated_no_token":
+            # An empty element, not none: oss2 cannot parse a truncated page without one (RuntimeError).
+            truncated, next_value = True, ""
+        elif fault is not None and fault.kind == "repeat_token":
+            # The page just asked for, again: the request's own token/marker or, on a first page, the
+            # first item minus its last character (no key sorts between the two).
+            truncated = True
+            next_value = (token if v2 else after) or next_page(items[0][1][:-1] if items else "")
         out.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
-        if truncated:
-            last = items[-1][1]
-            if v2:
-                next_token = base64.urlsafe_b64encode(last.encode()).decode()
-                out.append(f"<NextContinuationToken>{enc(next_token)}</NextContinuationToken>")
-            else:
-                out.append(f"<NextMarker>{enc(last)}</NextMarker>")
+        if next_value is not None:
+            element = "NextContinuationToken" if v2 else "NextMarker"
+            out.append(f"<{element}>{enc(next_value)}</{element}>")
         if v2:
             out.append(f"<KeyCount>{len(items)}</KeyCount>")
         with_owner = not v2 or params.get("fetch-owner") == "true"
@@ -551,7 +616,7 @@ class _Handler(BaseHTTPRequestHandler):
             if obj is None:          # deleted between listing and now: cannot happen (no deletes), but be safe
                 continue
             out.append(f"<Contents><Key>{enc(item)}</Key><LastModified>{_iso8601(obj.last_modified)}</LastModified>"
-                       f"<ETag>{escape(obj.etag)}</ETag><Type>Normal</Type><Size>{len(obj.data)}</Size>"
+                       f"<ETag>{escape(obj.etag)}</ETag><Type>{obj.object_type}</Type><Size>{len(obj.data)}</Size>"
                        f"<StorageClass>{obj.storage_class}</StorageClass>")
             if with_owner:
                 out.append(f"<Owner><ID>{_OWNER_ID}</ID><DisplayName>{_OWNER_ID}</DisplayName></Owner>")
@@ -567,14 +632,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _get_object(self, oss: OssServer, bucket_name: str, bucket: _Bucket, key: str) -> None:
         fault = None
         if self.command == "GET":
-            fault = oss._count_get_and_take_fault(bucket_name, key)
-            if fault and fault.kind == "status":
-                raise _OssError(fault.status, fault.code, "injected fault")
-            if fault and fault.kind == "reset":
-                self._reset()
+            ranged = "Range" in self.headers
+            fault = oss._object_faults.take((bucket_name, key), lambda f: ranged or f.kind not in RANGE_ONLY)
+            if fault is not None and self._common_fault(fault):
                 return
-            if fault and fault.kind == "delay":
-                time.sleep(fault.seconds)
         obj = oss._object(bucket, key)
         if obj is None:
             raise _OssError(404, "NoSuchKey", "The specified key does not exist.", Key=key)
@@ -599,18 +660,26 @@ class _Handler(BaseHTTPRequestHandler):
             "Accept-Ranges": "bytes",
             "ETag": obj.etag,
             "Last-Modified": formatdate(obj.last_modified, usegmt=True),
-            "x-oss-object-type": "Normal",
+            "x-oss-object-type": obj.object_type,
             "x-oss-storage-class": obj.storage_class,
             "x-oss-hash-crc64ecma": str(crc),   # always of the whole object, even for ranged GETs
         }
+        if obj.sse:
+            headers["x-oss-server-side-encryption"] = obj.sse
+            if obj.sse == "KMS":
+                headers["x-oss-server-side-encryption-key-id"] = _KMS_KEY_ID
         status, body = 200, obj.data
-        if self.command == "GET":
+        if self.command == "GET" and not (fault and fault.kind == "ignore_range"):
             standard = self.headers.get("x-oss-range-behavior", "").lower() == "standard"
             rng = _parse_range(self.headers.get("Range"), size, standard)
             if rng is not None:
                 first, last = rng
+                if fault and fault.kind == "wrong_range":
+                    first, last = shifted_range(first, last, size, fault.shift)
                 status, body = 206, obj.data[first: last + 1]
                 headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        if fault and fault.kind == "short":
+            body = body[: short_length(len(body), fault.fraction)]
         headers["Content-Length"] = str(len(body))
 
         if fault and fault.kind == "truncate":
@@ -622,7 +691,32 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if fault and fault.kind == "trickle":
+            self._trickle(status, headers, body, fault, oss._stopping)
+            return
         self._send(status, headers, body)
+
+    def _trickle(self, status: int, headers: dict[str, str], body: bytes, fault: Fault,
+                 stopping: threading.Event) -> None:
+        """Headers (full Content-Length) at once, then `chunk` bytes every `seconds` until done or the
+        client hangs up. Each connection has its own thread, so other requests carry on meanwhile."""
+        self._send(status, headers, body[: fault.chunk])
+        for start in range(fault.chunk, len(body), fault.chunk):
+            if wait_unless_hung_up(self.connection, fault.seconds, stopping):
+                self.close_connection = True
+                return
+            self.wfile.write(body[start: start + fault.chunk])
+
+    def _common_fault(self, fault: Fault) -> bool:
+        """Perform a status / reset / delay fault; True when the request is answered (or gone)."""
+        if fault.kind == "status":
+            raise _OssError(fault.status, fault.code, "injected fault")
+        if fault.kind == "reset":
+            self._reset()
+            return True
+        if fault.kind == "delay":
+            time.sleep(fault.seconds)
+        return False
 
 
 class _Auth:

@@ -2,22 +2,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import hashlib
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-
 from tasks.backends import Backend
-from tasks.errors import DownloadError, as_download_error, is_retryable
-from tasks.keys import (FAILED_CSV_NAME, MANIFEST_NAME, RemoteObject, is_folder_marker, local_path, tool_file,
-                        wanted)
+from tasks.errors import DiskFull, DownloadError, as_download_error, retrying
+from tasks.keys import (FAILED_CSV_NAME, MANIFEST_NAME, RemoteObject, is_folder_marker, listed_seconds, target,
+                        tool_file, wanted)
 from tasks.manifest import Manifest, Outcome
-from tasks.transfer import Engine, Stopped
+from tasks.transfer import UNKNOWN_SIZE, Engine, Stopped, is_md5_etag
+from tasks.workarea import Output
 
 RESTORE_REQUIRED = "restore required"
-RECORD_EVERY = 256  # outcomes per manifest transaction: few commits, little to redo after a kill
 
 
 @dataclass(slots=True)
@@ -31,6 +29,7 @@ class Plan:
     retry_backoff: float = 1.0
     shard: str | None = None
     path_column: bool = False  # failure CSV also names the local path (items keyed by id)
+    prefix: str = ""           # what is listed: the failure CSV's key for an incomplete listing
 
     @property
     def manifest_name(self) -> str:
@@ -70,19 +69,43 @@ class Live:
     retried: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, done: int = 0, failed: int = 0, listed: int = 0) -> None:
+    def add(self, done: int = 0, failed: int = 0, listed: int = 0, retried: int = 0) -> None:
         with self._lock:
             self.done += done
             self.failed += failed
             self.listed += listed
+            self.retried += retried
 
 
-def _present(path: Path, size: int) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return st.st_size == size and not os.path.isdir(path)
+class Halt:
+    """Stops every download of a run at once, from whichever batch hits the reason (a full disk): what is
+    in flight is cancelled, nothing new starts."""
+
+    def __init__(self):
+        self.reason: DownloadError | None = None
+        self.tasks: set[asyncio.Future] = set()
+
+    def trip(self, reason: DownloadError) -> None:
+        if self.reason is None:
+            self.reason = reason
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class Run:
+    """What every batch of one run shares: built once by the flow (or the plugin service). A plain class:
+    Prefect walks dataclasses given to tasks, and there is nothing in here for it to find."""
+
+    __slots__ = ("plan", "engine", "backend", "manifest", "out", "live", "halt")
+
+    def __init__(self, plan: Plan, engine: Engine, backend: Backend, manifest: Manifest, out: Output,
+                 live: Live | None = None):
+        self.plan, self.engine, self.backend, self.manifest, self.out = plan, engine, backend, manifest, out
+        self.live = live or Live()
+        self.halt = Halt()
+
+    def __repr__(self) -> str:
+        return f"Run({self.plan.output})"
 
 
 def select(objects: list[RemoteObject], plan: Plan) -> tuple[Tally, list[RemoteObject]]:
@@ -100,23 +123,57 @@ def select(objects: list[RemoteObject], plan: Plan) -> tuple[Tally, list[RemoteO
     return tally, chosen
 
 
-def not_present(manifest: Manifest, todo: list[tuple[RemoteObject, Path]]) -> list[tuple[RemoteObject, Path]]:
-    """The objects an earlier run has not already downloaded unchanged (same size and etag, file still there)."""
+def not_present(manifest: Manifest, out: Output, todo: list[tuple[RemoteObject, str]]
+                ) -> tuple[list[tuple[RemoteObject, str]], list[Outcome]]:
+    """Split objects into those to fetch and those already here. Here means: an earlier run recorded the
+    same listed version done and the local file still has the size and modification time it was left
+    with (rclone's size + mtime rule); or — no record (a lost manifest, a run killed before it wrote) —
+    the file has the listed size and either the store's time (we set it on every file) or its MD5.
+    Returns (to fetch, outcomes recording what was recognised without a record)."""
     done = manifest.done_entries([obj.key for obj, _ in todo])
-    return [(obj, dest) for obj, dest in todo
-            if done.get(obj.key) != (obj.size, obj.etag) or not _present(dest, obj.size)]
+    fetch, adopted = [], []
+    for obj, rel in todo:
+        row = done.get(obj.key)
+        st = out.stat(rel)
+        size = row.size if obj.size == UNKNOWN_SIZE and row is not None else obj.size
+        if st is None or st.st_size != size:
+            fetch.append((obj, rel))
+        elif row is not None and (row.size, row.etag) == (size, obj.etag):
+            if row.mtime_ns is None or row.mtime_ns == st.st_mtime_ns:
+                continue
+            fetch.append((obj, rel))  # changed here since it was downloaded
+        elif _same_bytes(out, rel, obj, st):
+            adopted.append(Outcome(obj.key, obj.size, obj.etag, 0, path=obj.path, mtime_ns=st.st_mtime_ns))
+        else:
+            fetch.append((obj, rel))
+    return fetch, adopted
 
 
-def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: Plan,
-                   objects: list[RemoteObject], live: Live | None = None) -> Tally:
+def _same_bytes(out: Output, rel: str, obj: RemoteObject, st) -> bool:
+    seconds = listed_seconds(obj.modified)
+    if seconds is not None and st.st_mtime_ns // 1_000_000_000 == seconds:
+        return True
+    if not is_md5_etag(obj.etag):
+        return False
+    md5 = hashlib.md5()
+    try:
+        with out.open_final(rel) as f:
+            while chunk := f.read(1 << 20):
+                md5.update(chunk)
+    except (OSError, DownloadError):
+        return False
+    return md5.hexdigest() == obj.etag.lower()
+
+
+def download_batch(run: Run, objects: list[RemoteObject]) -> Tally:
     """Round 1 for one listing page: one attempt per selected object not already present."""
-    live = live or Live()
+    plan, live = run.plan, run.live
     tally, chosen = select(objects, plan)
     refused: list[Outcome] = []
-    todo: list[tuple[RemoteObject, Path]] = []
+    todo: list[tuple[RemoteObject, str]] = []
     for obj in chosen:
         try:
-            dest = local_path(plan.output, obj.key, plan.strip, obj.path)
+            rel = target(obj, plan.strip)
         except DownloadError as err:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False, path=obj.path))
             continue
@@ -124,15 +181,15 @@ def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: P
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False, path=obj.path))
             tally.restore_required += 1
             continue
-        todo.append((obj, dest))
-    fresh = not_present(manifest, todo)
+        todo.append((obj, rel))
+    fresh, adopted = not_present(run.manifest, run.out, todo)
     tally.already_present = len(todo) - len(fresh)
-    manifest.record(refused, plan.run_id)
+    run.manifest.add(refused + adopted, plan.run_id)
     live.add(done=tally.already_present, failed=len(refused), listed=tally.listed)
     outcomes: list[Outcome] = []
     try:
-        if fresh:
-            engine.run(_fetch_all(engine, backend, manifest, plan, fresh, live, outcomes))
+        if fresh and run.halt.reason is None:
+            run.engine.run(_fetch_all(run, fresh, outcomes))
     except Stopped:
         tally.interrupted = True
     for o in refused + outcomes:
@@ -144,85 +201,115 @@ def download_batch(engine: Engine, backend: Backend, manifest: Manifest, plan: P
     return tally
 
 
-async def _fetch_all(engine, backend, manifest, plan, items, live, outcomes: list[Outcome]) -> None:
-    """Fetch items concurrently, appending to `outcomes` and recording them as they finish."""
-    recorded = 0
+async def _fetch_all(run: Run, items: list[tuple[RemoteObject, str]], outcomes: list[Outcome]) -> None:
+    """Fetch items concurrently, recording each outcome as it comes (the manifest writes it within a
+    second). A full disk stops the whole run: in-flight downloads are cancelled, not counted as failed."""
+    tasks = [asyncio.ensure_future(_attempt_once(run, obj, rel)) for obj, rel in items]
+    run.halt.tasks.update(tasks)
     try:
-        for next_done in asyncio.as_completed([_attempt_once(engine, backend, obj, dest) for obj, dest in items]):
-            outcome = await next_done
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                outcome = await next_done
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling() or run.halt.reason is None:
+                    raise  # Ctrl-C / the engine closing: what finished stays finished
+                continue   # cancelled by the halt: resumes next run
+            _settle(run, outcome)
             outcomes.append(outcome)
-            live.add(done=outcome.ok, failed=not outcome.ok)
-            if len(outcomes) - recorded >= RECORD_EVERY:
-                manifest.record(outcomes[recorded:], plan.run_id)
-                recorded = len(outcomes)
-    finally:  # also on Ctrl-C: what finished stays finished
-        manifest.record(outcomes[recorded:], plan.run_id)
+    finally:
+        run.halt.tasks.difference_update(tasks)
+        for task in tasks:
+            task.cancel()
 
 
-async def _attempt_once(engine: Engine, backend: Backend, obj: RemoteObject, dest: Path) -> Outcome:
+def _settle(run: Run, outcome: Outcome, retried: bool = False) -> None:
+    run.manifest.add([outcome], run.plan.run_id)
+    if retried:
+        run.live.add(done=int(outcome.ok), failed=-int(outcome.ok), retried=1)
+    else:
+        run.live.add(done=int(outcome.ok), failed=int(not outcome.ok))
+
+
+def _failure(run: Run, obj_key: str, size: int, etag: str, path: str, attempts: int, exc: BaseException) -> Outcome:
+    err = as_download_error(exc, str(run.plan.output))
+    if isinstance(err, DiskFull):
+        run.halt.trip(err)
+    return Outcome(obj_key, size, etag, attempts, str(err), err.retryable, path=path)
+
+
+async def _attempt_once(run: Run, obj: RemoteObject, rel: str) -> Outcome:
+    backend = run.backend
     try:
-        got = await engine.fetch(backend.signer(obj.key), dest, obj.size, obj.etag, backend.link_expired)
+        got = await run.engine.fetch(backend.signer(obj.key), run.out, rel, obj.size, obj.etag, backend.link_expired)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row in the report
-        err = as_download_error(exc)
-        return Outcome(obj.key, obj.size, obj.etag, 1, str(err), err.retryable, path=obj.path)
-    return Outcome(obj.key, obj.size, obj.etag, 1, bytes_fetched=got.size, path=obj.path)
+        return _failure(run, obj.key, obj.size, obj.etag, obj.path, 1, exc)
+    size = got.size if obj.size == UNKNOWN_SIZE else obj.size  # a later run compares with what came
+    return Outcome(obj.key, size, obj.etag, 1, bytes_fetched=got.size, path=obj.path, mtime_ns=got.mtime_ns)
 
 
-def retry_failed(engine: Engine, backend: Backend, manifest: Manifest, plan: Plan,
-                 live: Live | None = None) -> Tally:
+def retry_failed(run: Run) -> Tally:
     """Round 2: only this run's retryable failures, with backoff, up to max_attempts in all.
 
     Returns the change to the run's tally (downloaded up, failed down)."""
-    live = live or Live()
-    live.phase = "round 2: retrying failed objects"
+    plan = run.plan
+    run.live.phase = "round 2: retrying failed objects"
     change = Tally()
-    for rows in manifest.failed(plan.run_id, retryable_only=True):
+    for rows in run.manifest.failed(plan.run_id, retryable_only=True):
         rows = [r for r in rows if r.attempts < plan.max_attempts]
-        if not rows:
+        if not rows or run.halt.reason is not None:
             continue
-        live.retrying += len(rows)
+        run.live.retrying += len(rows)
+        outcomes: list[Outcome] = []
         try:
-            outcomes = engine.run(_retry_all(engine, backend, plan, rows, live))
+            run.engine.run(_retry_all(run, rows, outcomes))
         except Stopped:
             change.interrupted = True
             break
-        manifest.record(outcomes, plan.run_id)
-        for o in outcomes:
-            if o.ok:
-                change.downloaded += 1
-                change.failed -= 1
-                change.bytes += o.bytes_fetched
-                live.add(done=1, failed=-1)
+        finally:
+            for o in outcomes:
+                if o.ok:
+                    change.downloaded += 1
+                    change.failed -= 1
+                    change.bytes += o.bytes_fetched
     return change
 
 
-async def _retry_all(engine, backend, plan, rows, live: Live) -> list[Outcome]:
-    async def counted(row):
-        try:
-            return await _retry_one(engine, backend, plan, row)
-        finally:
-            live.retried += 1  # only the engine's loop thread writes it
-    return list(await asyncio.gather(*(counted(row) for row in rows)))
-
-
-async def _retry_one(engine, backend, plan, row) -> Outcome:
-    attempts = row.attempts
-    dest = local_path(plan.output, row.key, plan.strip, row.path)
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(plan.max_attempts - row.attempts),
-        wait=wait_exponential_jitter(initial=plan.retry_backoff, max=30 * plan.retry_backoff,
-                                     jitter=plan.retry_backoff),
-        retry=retry_if_exception(is_retryable),
-        reraise=True,  # tenacity's RetryError does not pickle
-    )
+async def _retry_all(run: Run, rows, outcomes: list[Outcome]) -> None:
+    tasks = [asyncio.ensure_future(_retry_one(run, row)) for row in rows]
+    run.halt.tasks.update(tasks)
     try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                outcome = await next_done
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling() or run.halt.reason is None:
+                    raise
+                continue
+            _settle(run, outcome, retried=True)
+            outcomes.append(outcome)
+    finally:
+        run.halt.tasks.difference_update(tasks)
+        for task in tasks:
+            task.cancel()
+
+
+async def _retry_one(run: Run, row) -> Outcome:
+    plan, backend = run.plan, run.backend
+    attempts = row.attempts
+    size = row.size
+    try:
+        rel = target(RemoteObject(row.key, size, row.etag, path=row.path), plan.strip)
         # Round 1 ended a moment ago; give a throttled or flapping store a breath first.
         await asyncio.sleep(plan.retry_backoff)
-        async for attempt in retrying:
+        async for attempt in retrying(plan.max_attempts - row.attempts, plan.retry_backoff):
             with attempt:
                 attempts += 1
-                got = await engine.fetch(backend.signer(row.key), dest, row.size, row.etag, backend.link_expired)
+                got = await run.engine.fetch(backend.signer(row.key), run.out, rel, size, row.etag,
+                                             backend.link_expired)
     except Exception as exc:  # noqa: BLE001
-        err = as_download_error(exc)
-        return Outcome(row.key, row.size, row.etag, attempts, str(err), err.retryable, path=row.path)
-    return Outcome(row.key, row.size, row.etag, attempts, bytes_fetched=got.size, path=row.path)
+        return _failure(run, row.key, size, row.etag, row.path, attempts, exc)
+    return Outcome(row.key, size, row.etag, attempts, bytes_fetched=got.size, path=row.path, mtime_ns=got.mtime_ns)
+
+
+__all__ = ["Plan", "Tally", "Live", "Halt", "Run", "select", "not_present", "download_batch", "retry_failed",
+           "RESTORE_REQUIRED", "UNKNOWN_SIZE"]

@@ -1,9 +1,18 @@
-"""Credentials named by a Prefect Secret block, so deployments never carry them as parameter values."""
+"""Credentials named by a Prefect block, so deployments never carry them as parameter values.
+
+`credentials_block` names one of (a bare name is looked up in this order; `type/name` picks one):
+    aws-credentials/NAME  prefect-aws's AwsCredentials (access key id, SecretStr secret, session token)
+    oss-credentials/NAME  tasks.blocks.OssCredentials (AccessKey id, SecretStr secret, STS token)
+    secret/NAME           a Secret block holding JSON {"access_key_id", "secret_access_key", "session_token"}
+                          (what earlier versions created; still read)
+"""
 from __future__ import annotations
 
 from tasks.errors import UsageError
 
-# Accepted spellings in the block's JSON → the names backends read.
+BLOCK_TYPES = ("aws-credentials", "oss-credentials", "secret")
+
+# Accepted spellings in a Secret block's JSON → the names backends read.
 _ALIASES = {
     "access_key_id": "access_key_id", "aws_access_key_id": "access_key_id", "AccessKeyId": "access_key_id",
     "secret_access_key": "secret_access_key", "aws_secret_access_key": "secret_access_key",
@@ -17,15 +26,38 @@ def normalize(values: dict) -> dict:
     return {_ALIASES[k]: str(v) for k, v in values.items() if k in _ALIASES and v}
 
 
+def _secret(value) -> str:
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else (value or "")
+
+
+def _values(block) -> dict:
+    from tasks.blocks import OssCredentials
+    if isinstance(block, OssCredentials):
+        found = {"access_key_id": block.access_key_id, "secret_access_key": _secret(block.access_key_secret),
+                 "session_token": _secret(block.security_token)}
+    elif hasattr(block, "aws_access_key_id"):  # prefect-aws AwsCredentials
+        found = {"access_key_id": block.aws_access_key_id, "secret_access_key": _secret(block.aws_secret_access_key),
+                 "session_token": _secret(block.aws_session_token)}
+    else:  # Secret
+        value = block.get()
+        found = value if isinstance(value, dict) else {}
+    return normalize(found)
+
+
 def load_block_credentials(block_name: str) -> dict:
-    """Read a Secret block whose value is JSON like {"access_key_id": ..., "secret_access_key": ...}."""
-    from prefect.blocks.system import Secret
-    try:
-        value = Secret.load(block_name).get()
-    except ValueError:
-        raise UsageError(f"credentials block {block_name!r} not found (create a Secret block with that name)") \
-            from None
-    if not isinstance(value, dict) or not normalize(value).get("access_key_id"):
-        raise UsageError(f"credentials block {block_name!r} must hold JSON with access_key_id and"
-                         " secret_access_key") from None
-    return normalize(value)
+    """The access key id / secret / session token held by the named block; UsageError (one line) if none."""
+    from prefect.blocks.core import Block
+
+    import tasks.blocks  # noqa: F401 - registers OssCredentials so Block.load can build it
+    slugs = [block_name] if "/" in block_name else [f"{kind}/{block_name}" for kind in BLOCK_TYPES]
+    for slug in slugs:
+        try:
+            block = Block.load(slug)
+        except (ValueError, KeyError):  # no such block (or block type)
+            continue
+        values = _values(block)
+        if not (values.get("access_key_id") and values.get("secret_access_key")):
+            raise UsageError(f"credentials block {slug!r} must hold an access key id and secret") from None
+        return values
+    raise UsageError(f"credentials block {block_name!r} not found (create an AWS Credentials, OSS Credentials"
+                     " or Secret block with that name)") from None

@@ -1,4 +1,5 @@
-"""The one place that decides what a failure means and whether it is worth retrying."""
+"""The one place that decides what a failure means and whether it is worth another try, and the one
+retry policy every request of the product goes through (objects, listing pages, Feishu API calls)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +9,7 @@ import re
 import socket
 
 import aiohttp
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
                    "TooManyRequests", "RequestTimeTooSkewed",
@@ -23,7 +25,7 @@ class NothingSelected(Exception):
 
 
 class DownloadError(Exception):
-    """One object could not be fetched; `retryable` says whether another attempt may succeed."""
+    """One request failed; `retryable` says whether another attempt may succeed."""
 
     retryable = False
 
@@ -45,7 +47,13 @@ class HTTPStatusError(DownloadError):
 
 
 class IntegrityError(DownloadError):
-    """Size or checksum mismatch: the bytes were damaged in transit, so fetch again."""
+    """The bytes are not the listed object's (short, too long, wrong range, checksum): fetch again."""
+
+    retryable = True
+
+
+class TooSlow(DownloadError):
+    """The body arrived slower than the low-speed limit: a stalled or trickling server."""
 
     retryable = True
 
@@ -55,7 +63,20 @@ class UnsafeKeyError(DownloadError):
 
 
 class LocalPathError(DownloadError):
-    """The local file system refused (conflict, permissions, name too long)."""
+    """The local file system refused (conflict, permissions, name too long, a symbolic link)."""
+
+
+class DiskFull(DownloadError):
+    """No space left where the files go: never retried; it stops the whole run."""
+
+    def __init__(self, folder: str):
+        super().__init__(f"no space left on device in {folder}")
+        self.folder = folder
+
+
+class ListingError(Exception):
+    """The listing could not be completed (after retries, or the store answered nonsense): the run
+    reports what it got, says the listing is incomplete and exits 1."""
 
 
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
@@ -76,10 +97,14 @@ def http_error(status: int, body: bytes) -> HTTPStatusError:
                            message.group(1).decode(errors="replace") if message else "")
 
 
-def as_download_error(exc: BaseException) -> DownloadError:
-    """Map any exception raised while fetching one object to a DownloadError with a short reason."""
+def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
+    """Map any exception raised while fetching one object or page to a DownloadError with a short reason.
+    `folder` names where local files go, for a disk-full message."""
     if isinstance(exc, DownloadError):
         return exc
+    store = _store_sdk_error(exc)  # before OSError: some SDK exceptions are OSErrors too (timeouts)
+    if store is not None:
+        return store
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, socket.timeout)):
         return DownloadError("timeout", retryable=True)
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -91,15 +116,82 @@ def as_download_error(exc: BaseException) -> DownloadError:
     if isinstance(exc, aiohttp.ClientError):
         return DownloadError(f"connection error: {type(exc).__name__}", retryable=True)
     if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-            return LocalPathError(f"file/folder conflict: {exc.strerror}")
-        if exc.errno == errno.ENAMETOOLONG:
-            return LocalPathError("local name too long")
-        if exc.errno == errno.ENOSPC:
-            return LocalPathError("no space left on device", retryable=True)
-        return LocalPathError(f"local file error: {exc.strerror or exc}")
+        return _local_error(exc, folder)
     return DownloadError(f"{type(exc).__name__}: {exc}")
+
+
+def _local_error(exc: OSError, folder: str) -> DownloadError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(folder or (exc.filename and str(exc.filename)) or "the output folder")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOTEMPTY):
+        return LocalPathError(f"file/folder conflict: {exc.strerror}")
+    if exc.errno == errno.ELOOP:
+        return LocalPathError("unsafe local path: a folder on the way is a symbolic link")
+    if exc.errno == errno.ENAMETOOLONG:
+        return LocalPathError("local name too long")
+    return LocalPathError(f"local file error: {exc.strerror or exc}")
+
+
+def _store_sdk_error(exc: BaseException) -> DownloadError | None:
+    """boto3's and oss2's exceptions (listing goes through the SDKs), in the same terms as HTTP errors."""
+    module = type(exc).__module__
+    if module.startswith("botocore"):
+        import botocore.exceptions as bx
+        if isinstance(exc, bx.ClientError):
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 400
+            return HTTPStatusError(int(status), str(err.get("Code", "")), str(err.get("Message", ""))[:200])
+        if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+            return DownloadError("timeout", retryable=True)
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.HTTPClientError)):
+            return DownloadError(f"connection error: {exc}", retryable=True)
+        if isinstance(exc, bx.ResponseParserError):
+            return DownloadError("the store sent a listing that cannot be parsed", retryable=True)
+        return None
+    if module.startswith("oss2"):
+        import oss2.exceptions as ox
+        if isinstance(exc, ox.RequestError):
+            text = str(getattr(exc, "body", "") or exc)
+            return DownloadError("timeout" if "timed out" in text.lower() else "connection error",
+                                 retryable=True)
+        if isinstance(exc, ox.OssError):
+            return HTTPStatusError(exc.status or 400, exc.code or "", (exc.message or "")[:200])
+    return None
 
 
 def is_retryable(exc: BaseException) -> bool:
     return as_download_error(exc).retryable
+
+
+def _policy(attempts: int, backoff: float) -> dict:
+    return dict(stop=stop_after_attempt(max(1, attempts)),
+                wait=wait_exponential_jitter(initial=backoff, max=30 * backoff, jitter=backoff),
+                retry=retry_if_exception(is_retryable),
+                reraise=True)  # tenacity's RetryError does not pickle
+
+
+def retrying(attempts: int, backoff: float) -> AsyncRetrying:
+    """The product's one retry policy: retryable failures only, exponential backoff with jitter."""
+    return AsyncRetrying(**_policy(attempts, backoff))
+
+
+def retrying_sync(attempts: int, backoff: float) -> Retrying:
+    """The same policy for blocking calls (the SDKs' listing requests)."""
+    return Retrying(**_policy(attempts, backoff))
+
+
+class ObjectsFailed(Exception):
+    """A run that finished with objects it could not fetch: its flow run ends Failed (so Prefect can alert),
+    and whoever called the flow still gets the summary to print (exit 1 at a terminal)."""
+
+    def __init__(self, summary):
+        self.summary = summary
+        super().__init__(summary)
+
+    def __str__(self) -> str:
+        s = self.summary
+        where = f": see {s.failed_csv}" if getattr(s, "failed_csv", None) else ""
+        failed = f"{s.failed} of {s.listed - s.filtered_out} objects failed"
+        if getattr(s, "incomplete", ""):
+            return f"{s.incomplete}; {failed}{where}"
+        return f"{failed}{where}"

@@ -20,7 +20,7 @@ from tasks.backends import Page
 from tasks.errors import DownloadError, HTTPStatusError, UsageError, is_retryable
 from tasks.keys import RemoteObject
 from tasks.naming import AttachmentNaming
-from tasks.transfer import Engine, RateLimit
+from tasks.transfer import UNKNOWN_SIZE, Engine, RateLimit
 
 DOMAINS = {"feishu": "https://base-api.feishu.cn", "lark": "https://base-api.larksuite.com"}
 ATTACHMENT_TYPE = 17
@@ -135,13 +135,12 @@ class FeishuClient:
                 return found
 
     async def records(self, app_token: str, table_id: str, view_id: str | None, page_token: str | None,
-                      page_size: int = PAGE_SIZE) -> tuple[list[dict], str | None]:
+                      page_size: int = PAGE_SIZE) -> tuple[list[dict], str | None, bool]:
         params = [("page_size", str(page_size))]
         params += [("view_id", view_id)] if view_id else []
         params += [("page_token", page_token)] if page_token else []
         data = await self.get(f"/open-apis/bitable/v1/apps/{app_token}/tables/{table_id}/records", params)
-        more = data.get("has_more") and data.get("page_token")
-        return data.get("items") or [], (data["page_token"] if more else None)
+        return data.get("items") or [], data.get("page_token") or None, bool(data.get("has_more"))
 
     async def tmp_urls(self, file_tokens: list[str], extra: dict | None = None) -> dict[str, str]:
         params = [("file_tokens", t) for t in file_tokens]
@@ -235,10 +234,21 @@ class BitableSource:
     page_size: int = PAGE_SIZE
 
 
+def _size(cell: dict) -> int:
+    """The attachment's size as the cell gives it (checked against what arrives), or unknown."""
+    try:
+        size = int(cell.get("size"))
+    except (TypeError, ValueError):
+        return UNKNOWN_SIZE
+    return size if size >= 0 else UNKNOWN_SIZE
+
+
 class FeishuBackend:
     """A Backend (see tasks/backends) over a Bitable table: one download item per attachment cell file.
 
     Item key: `record_id/field_id/file_token` (stable); local path: from the naming rules."""
+
+    ordered = False  # records come in the table's order, not by key
 
     def __init__(self, source: BitableSource, client: FeishuClient, engine: Engine, naming: AttachmentNaming):
         self.source, self.client, self.engine, self.naming = source, client, engine, naming
@@ -271,8 +281,8 @@ class FeishuBackend:
         if self._fields is None:
             self.check()
         s = self.source
-        records, next_token = self.engine.run(self.client.records(s.app_token, s.table_id, s.view_id, token,
-                                                                        s.page_size))
+        records, next_token, more = self.engine.run(
+            self.client.records(s.app_token, s.table_id, s.view_id, token, s.page_size))
         objects, expected = [], []
         for record in records:
             values = record.get("fields") or {}
@@ -282,11 +292,11 @@ class FeishuBackend:
                         continue
                     att = Attachment(cell["file_token"], field_id, record.get("record_id", ""))
                     objects.append(RemoteObject(f"{att.record_id}/{field_id}/{att.file_token}",
-                                                int(cell.get("size") or 0),
+                                                _size(cell),
                                                 path=self.naming.place(values, cell.get("name", ""))))
                     expected.append(att)
         self.links.expect(expected)
-        return Page(objects, next_token)
+        return Page(objects, next_token if more else None, more)
 
     def signer(self, key: str):
         record_id, field_id, file_token = key.split("/", 2)

@@ -5,6 +5,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from tasks.errors import UnsafeKeyError
@@ -12,7 +13,7 @@ from tasks.errors import UnsafeKeyError
 # Files the tool itself keeps in the output folder; an object may not overwrite them.
 MANIFEST_NAME = ".oss-manifest.sqlite"
 FAILED_CSV_NAME = ".oss-failed.csv"
-RESERVED_PREFIXES = (".oss-", ".ossdl-")  # manifests and CSVs (also per shard), temp files
+RESERVED_PREFIXES = (".oss-", ".ossdl")  # manifests and CSVs (also per shard), the work area .ossdl/
 ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep_archive"}
 MAX_NAME_BYTES = 255
 
@@ -24,6 +25,7 @@ class RemoteObject:
     etag: str = ""
     storage_class: str = ""
     path: str = ""  # relative local path chosen by the source (Feishu naming rules); '' = from the key
+    modified: str | float = ""  # the listing's LastModified, as the SDK gave it (parsed only when needed)
 
     @property
     def needs_restore(self) -> bool:
@@ -132,9 +134,15 @@ def relative_path(key: str, strip: str) -> str:
             raise UnsafeKeyError(f"unsafe key: {repr(part) if part else 'empty'} path segment")
         if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise UnsafeKeyError(f"name too long: a path segment exceeds {MAX_NAME_BYTES} bytes")
-    if len(parts) == 1 and rel.startswith(RESERVED_PREFIXES):
-        raise UnsafeKeyError(f"reserved name: {rel} is the tool's own file")
+        if part.startswith(RESERVED_PREFIXES):
+            # At every depth: the tool's files and work area must never be a key's landing place.
+            raise UnsafeKeyError(f"reserved name: {part} (names starting with .oss- or .ossdl are the tool's)")
     return rel
+
+
+def target(obj: RemoteObject, strip: str) -> str:
+    """An object's path below the output; a source-chosen `path` is checked by the same rules as a key."""
+    return relative_path(obj.path or obj.key, "" if obj.path else strip)
 
 
 def local_path(output: Path, key: str, strip: str, path: str = "") -> Path:
@@ -142,15 +150,27 @@ def local_path(output: Path, key: str, strip: str, path: str = "") -> Path:
     return output.joinpath(*relative_path(path or key, "" if path else strip).split("/"))
 
 
+def listed_seconds(modified: str | float) -> int | None:
+    """The listing's LastModified in whole seconds since the epoch (S3: ISO 8601 text; OSS: a number)."""
+    if isinstance(modified, (int, float)):
+        return int(modified)
+    if not modified:
+        return None
+    try:
+        return int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
 def prepare_output(output: str | Path) -> Path:
-    """Create the output folder and prove it is writable, or raise UsageError."""
+    """Create the output folder and check it is a writable folder, or raise UsageError. (Opening it for
+    a run — tasks/workarea.Output — makes the work area in it, which proves it for real.)"""
     from tasks.errors import UsageError
     path = Path(output).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".ossdl-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as exc:
         raise UsageError(f"output folder {path} is not writable: {exc.strerror or exc}") from None
     return path

@@ -1,30 +1,44 @@
-"""SQLite manifest in the output folder: what is done, what failed in which run, so reruns resume."""
+"""SQLite manifest in the output folder: what is done, what failed in which run, so reruns resume.
+
+Outcomes are handed over with `add()` (cheap, from any thread, the event loop included) and written by
+one writer thread at least every second, so a killed run loses at most a second of outcomes — and the
+files it had already finished are recognised on disk by the next run (see tasks/batch.py), so even
+those are not fetched again.
+"""
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from tasks.errors import DiskFull, UsageError
 from tasks.keys import MANIFEST_NAME
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     key        TEXT PRIMARY KEY,
-    size       INTEGER NOT NULL,
-    etag       TEXT NOT NULL,
+    size       INTEGER NOT NULL,       -- as listed
+    etag       TEXT NOT NULL,          -- as listed
     state      TEXT NOT NULL,          -- 'done' or 'failed'
     attempts   INTEGER NOT NULL,       -- attempts in the run that last touched it
     last_error TEXT,
     retryable  INTEGER NOT NULL DEFAULT 0,
     run_id     TEXT NOT NULL,
     updated    REAL NOT NULL,
-    path       TEXT NOT NULL DEFAULT ''  -- local path chosen by the source; '' = derived from the key
+    path       TEXT NOT NULL DEFAULT '' -- local path chosen by the source; '' = derived from the key
 );
 CREATE INDEX IF NOT EXISTS objects_by_run ON objects (run_id, state);
 """
+# Added after the first release; NULL in rows written before it.
+COLUMNS = {"mtime_ns": "INTEGER"}  # the local file's modification time when it was recorded done
+FLUSH_EVERY = 1.0      # seconds: the most a killed run can lose
+FLUSH_AT = 2000        # outcomes: write sooner when this many wait
 
 
 @dataclass(slots=True)
@@ -38,6 +52,7 @@ class Outcome:
     retryable: bool = False
     bytes_fetched: int = 0
     path: str = ""
+    mtime_ns: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,53 +70,154 @@ class FailedRow:
     path: str = ""
 
 
+@dataclass(slots=True)
+class Done:
+    size: int
+    etag: str
+    mtime_ns: int | None
+
+
 class Manifest:
-    """Thread-safe: one connection guarded by a lock; every write is one short transaction."""
+    """One connection, used by the writer thread and readers under a lock."""
 
     def __init__(self, output: Path, name: str = MANIFEST_NAME):
-        self.path = output / name
+        self.path = Path(output) / name
+        self.warning: str | None = None
+        self.existed = self.path.exists()
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits,
-        # and a lost 'done' row only means one more download.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = self._open()
+        self._pending: list[tuple] = []
+        self._wake = threading.Condition()
+        self._error: BaseException | None = None
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="manifest-writer", daemon=True)
+        self._writer.start()
+
+    # -- opening, and recovering from a damaged file ----------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if stat.S_ISLNK(os.lstat(self.path).st_mode):
+                raise UsageError(f"{self.path} is a symbolic link: remove it (the manifest is the tool's own file)")
+        except FileNotFoundError:
+            pass
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(self.path, aside)
+            for extra in ("-wal", "-shm"):
+                Path(str(self.path) + extra).unlink(missing_ok=True)
+            self.warning = (f"the manifest {self.path.name} was damaged ({exc}); it was moved to {aside.name} and"
+                            " rebuilt: files already here are recognised, not fetched again")
+            self.existed = False
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits,
+            # and a lost 'done' row only means the file is checked on disk again.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(objects)")}
+            for column, kind in COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE objects ADD COLUMN {column} {kind}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # -- writing ----------------------------------------------------------------------------------
+    def add(self, outcomes: Iterable[Outcome], run_id: str) -> None:
+        """Queue outcomes for the writer thread (never blocks on the disk)."""
+        now = time.time()
+        rows = [(o.key, o.size, o.etag, "done" if o.ok else "failed", o.attempts, o.error, int(o.retryable),
+                 run_id, now, o.path, o.mtime_ns) for o in outcomes]
+        if not rows:
+            return
+        with self._wake:
+            self._pending.extend(rows)
+            if len(self._pending) >= FLUSH_AT:
+                self._wake.notify()
+
+    def record(self, outcomes: Iterable[Outcome], run_id: str) -> None:
+        """Write outcomes now (returns when they are committed)."""
+        self.add(outcomes, run_id)
+        self.flush()
+
+    def flush(self) -> None:
+        """Commit everything queued so far; raises DiskFull (or what else failed) if the writes failed."""
+        self._write_pending()
+        if self._error is not None:
+            raise self._error
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                if not self._pending and not self._closing:
+                    self._wake.wait(FLUSH_EVERY)
+                closing = self._closing
+            self._write_pending()
+            if closing:
+                return
+
+    def _write_pending(self) -> None:
+        # Rows are taken and written under the database lock: commits keep the order outcomes came in,
+        # and a reader after flush() sees everything queued before it.
+        with self._lock:
+            with self._wake:
+                rows, self._pending = self._pending, []
+            if rows:
+                self._write(rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        try:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO objects (key, size, etag, state, attempts, last_error, retryable, run_id, updated,"
+                    " path, mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
+                    " size=excluded.size, etag=excluded.etag, state=excluded.state, attempts=excluded.attempts,"
+                    " last_error=excluded.last_error, retryable=excluded.retryable, run_id=excluded.run_id,"
+                    " updated=excluded.updated, path=excluded.path, mtime_ns=excluded.mtime_ns", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            self._error = DiskFull(str(self.path.parent)) if "full" in str(exc) else exc
+        except Exception as exc:  # noqa: BLE001 - raised to the run by the next flush()
+            self._error = exc
 
     def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._writer.join()
         with self._lock:
             self._db.close()
 
-    def done_entries(self, keys: list[str]) -> dict[str, tuple[int, str]]:
-        """size and etag of the given keys that an earlier run finished."""
-        found: dict[str, tuple[int, str]] = {}
+    # -- reading ----------------------------------------------------------------------------------
+    def done_entries(self, keys: list[str]) -> dict[str, Done]:
+        """What an earlier run finished, of the given keys: listed size and etag, local mtime."""
+        found: dict[str, Done] = {}
         with self._lock:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    f"SELECT key, size, etag FROM objects WHERE state='done' AND key IN ({marks})", chunk)
-                found.update((k, (s, e)) for k, s, e in rows)
+                    f"SELECT key, size, etag, mtime_ns FROM objects WHERE state='done' AND key IN ({marks})", chunk)
+                found.update((k, Done(s, e, m)) for k, s, e, m in rows)
         return found
-
-    def record(self, outcomes: Iterable[Outcome], run_id: str) -> None:
-        now = time.time()
-        rows = [(o.key, o.size, o.etag, "done" if o.ok else "failed", o.attempts, o.error,
-                 int(o.retryable), run_id, now, o.path) for o in outcomes]
-        if not rows:
-            return
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO objects (key, size, etag, state, attempts, last_error, retryable, run_id, updated,"
-                " path) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET size=excluded.size,"
-                " etag=excluded.etag, state=excluded.state, attempts=excluded.attempts,"
-                " last_error=excluded.last_error, retryable=excluded.retryable, run_id=excluded.run_id,"
-                " updated=excluded.updated, path=excluded.path", rows)
-            self._db.execute("COMMIT")
 
     def failed(self, run_id: str, retryable_only: bool = False, chunk: int = 1000) -> Iterator[list[FailedRow]]:
         """This run's failures in key order, a chunk at a time (keyset paging keeps memory flat)."""
+        self.flush()
         after = ""
         extra = " AND retryable=1" if retryable_only else ""
         while True:

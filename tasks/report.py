@@ -12,8 +12,9 @@ from typing import Iterator
 
 from tasks.batch import Plan, Tally, not_present, select
 from tasks.errors import DownloadError
-from tasks.keys import FAILED_CSV_NAME, RemoteObject, local_path
+from tasks.keys import FAILED_CSV_NAME, RemoteObject, target
 from tasks.manifest import Manifest
+from tasks.workarea import Output
 
 CSV_HEADER = ["key", "last_error", "retry_count"]
 TABLE_ROWS = 1000
@@ -33,18 +34,30 @@ class Summary:
     mb_per_s: float
     failed_csv: str | None = None
     zip_file: str | None = None
+    incomplete: str = ""  # why the run did not cover everything it should have (listing, disk full)
+    notes: list[str] = field(default_factory=list)  # warnings worth a line (e.g. a manifest rebuilt)
 
     @classmethod
-    def of(cls, tally: Tally, seconds: float, failed_csv: Path | None) -> "Summary":
+    def of(cls, tally: Tally, seconds: float, failed_csv: Path | None, incomplete: str = "",
+           notes: list[str] | None = None) -> "Summary":
         seconds = max(seconds, 1e-6)
         return cls(tally.listed, tally.filtered_out, tally.already_present, tally.downloaded, tally.failed,
                    tally.restore_required, tally.bytes, round(seconds, 2),
                    round(tally.downloaded / seconds, 1), round(tally.bytes / seconds / 1e6, 2),
-                   str(failed_csv) if failed_csv else None)
+                   str(failed_csv) if failed_csv else None, incomplete=incomplete, notes=list(notes or ()))
+
+    @property
+    def ok(self) -> bool:
+        """Every selected object is here: exit 0."""
+        return not self.failed and not self.incomplete
 
     def rows(self) -> list[tuple[str, str]]:
-        return [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
-                if name not in ("failed_csv", "zip_file")]
+        rows = [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
+                if name not in ("failed_csv", "zip_file", "incomplete", "notes")]
+        if self.incomplete:
+            rows.append(("incomplete", self.incomplete))
+        rows += [("note", note) for note in self.notes]
+        return rows
 
     def text(self, seconds: float | None = None, active_seconds: float | None = None) -> str:
         """For people, in the progress display's units. `seconds`: the whole command's wall time (default: the
@@ -56,7 +69,7 @@ class Summary:
             ("time", human_duration(seconds)),
             ("speed", f"{human_bytes(self.bytes / active)}/s, {self.downloaded / active:.1f} objects/s"
              if self.downloaded and active > 0 else "-"),
-        ]
+        ] + ([("incomplete", self.incomplete)] if self.incomplete else []) + [("note", n) for n in self.notes]
         width = max(len(name) for name, _ in rows)
         lines = [f"  {name:<{width}}  {value}" for name, value in rows]
         if self.failed_csv:
@@ -66,19 +79,22 @@ class Summary:
         return "\n".join(["Summary:"] + lines)
 
 
-def write_failed_csv(manifest: Manifest, run_id: str, output: Path, name: str = FAILED_CSV_NAME,
-                     path_column: bool = False) -> tuple[Path | None, list[list]]:
-    """Write this run's failures to <output>/.oss-failed.csv (atomically), or remove a stale one.
-    `path_column` adds the local path (items whose key is an id, like Feishu attachments).
+def write_failed_csv(manifest: Manifest, run_id: str, out: Output, name: str = FAILED_CSV_NAME,
+                     path_column: bool = False, extra_rows: list[list] = ()) -> tuple[Path | None, list[list]]:
+    """Write this run's failures to <output>/.oss-failed.csv (atomically, in the output's work area), or
+    remove a stale one. `path_column` adds the local path (items whose key is an id, like Feishu
+    attachments); `extra_rows` are failures that are not objects (an incomplete listing).
 
     Returns the path (None when there were no failures) and the first TABLE_ROWS rows."""
-    path = output / name
-    tmp = output / (name + ".tmp")
     first: list[list] = []
     count = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with out.replacing(name) as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER + ["path"] if path_column else CSV_HEADER)
+        for line in extra_rows:
+            writer.writerow(line + [""] if path_column else line)
+            first.append(line)
+            count += 1
         for rows in manifest.failed(run_id):
             for row in rows:
                 line = [row.key, row.last_error, row.attempts]
@@ -86,13 +102,11 @@ def write_failed_csv(manifest: Manifest, run_id: str, output: Path, name: str = 
                 if count < TABLE_ROWS:
                     first.append(line)
                 count += 1
-        f.flush()
-        os.fsync(f.fileno())
+        if not count:
+            f.discard()
     if count:
-        os.replace(tmp, path)
-        return path, first
-    tmp.unlink()
-    path.unlink(missing_ok=True)
+        return out.root / name, first
+    out.remove_file(name)
     return None, first
 
 
@@ -119,7 +133,7 @@ class Preview:
         self.filtered_out += tally.filtered_out
         for obj in chosen:
             self.count += 1
-            self.total_bytes += obj.size
+            self.total_bytes += max(obj.size, 0)  # a source may not know a size (UNKNOWN_SIZE)
             if len(self.first) < 20:
                 self.first.append((obj.path or obj.key, obj.size))
             if len(self.largest) < 5:
@@ -127,23 +141,26 @@ class Preview:
             elif obj.size > self.largest[0][0]:
                 heapq.heapreplace(self.largest, (obj.size, obj.path or obj.key))
 
-    def add_page(self, objects: list[RemoteObject], plan: Plan, manifest: Manifest | None) -> None:
-        """One listing page: what the plan selects, and how much of it an earlier run already downloaded."""
+    def add_page(self, objects: list[RemoteObject], plan: Plan, manifest: Manifest | None,
+                 out: Output | None) -> None:
+        """One listing page: what the plan selects, and how much of it is already here (an earlier run's
+        record, or the file itself: the same rule as the download's). `out` None: no output folder yet."""
         tally, chosen = select(objects, plan)
         self.add(tally, chosen)
-        if manifest is None:
+        if out is None:
             return
         todo = []
         for obj in chosen:
             try:
-                todo.append((obj, local_path(plan.output, obj.key, plan.strip, obj.path)))
+                todo.append((obj, target(obj, plan.strip)))
             except DownloadError:
                 pass  # an unsafe key is never present; the run reports it
-        fresh = {obj.key for obj, _ in not_present(manifest, todo)}
+        fetch, _ = not_present(manifest or _NoRecords(), out, todo)
+        fresh = {obj.key for obj, _ in fetch}
         for obj, _ in todo:
             if obj.key not in fresh:
                 self.present += 1
-                self.present_bytes += obj.size
+                self.present_bytes += max(obj.size, 0)
 
     def text(self) -> str:
         lines = [f"Preview: {objects(self.count)}, {human_bytes(self.total_bytes)} ({self.filtered_out} filtered out)",
@@ -168,23 +185,37 @@ class Preview:
                 f"| key | size (bytes) |\n|---|---|\n{rows}\n")
 
 
+class _NoRecords:
+    """No earlier run's manifest: nothing recorded (files already here are still recognised)."""
+
+    @staticmethod
+    def done_entries(keys):
+        return {}
+
+
 @contextmanager
-def earlier_manifest(plan: Plan) -> Iterator[Manifest | None]:
-    """The manifest of an earlier run in the plan's output folder, or None; never creates one."""
-    if not (plan.output / plan.manifest_name).is_file():
-        yield None
+def earlier_run(plan: Plan) -> Iterator[tuple[Manifest | None, Output | None]]:
+    """What an earlier run left in the plan's output folder, opened only to look: its manifest (None when
+    there is none) and the folder (None when it does not exist). Creates nothing."""
+    if not plan.output.is_dir():
+        yield None, None
         return
-    manifest = Manifest(plan.output, plan.manifest_name)
+    out = Output(plan.output, read_only=True)
+    manifest = Manifest(plan.output, plan.manifest_name) if (plan.output / plan.manifest_name).is_file() else None
     try:
-        yield manifest
+        yield manifest, out
     finally:
-        manifest.close()
+        if manifest is not None:
+            manifest.close()
+        out.close()
 
 
 def nothing_selected(result: "Summary | Preview", params) -> str | None:
     """The warning for a run that selected nothing, naming the bucket and prefix and saying why; None when
     something was selected. `params`: backend, bucket, prefix, include_suffix (DownloadParams)."""
     source, prefix = f"{params.backend}://{params.bucket}/{params.prefix}", params.prefix
+    if getattr(result, "incomplete", ""):
+        return None  # not empty: the listing broke off, and the run says so
     if isinstance(result, Preview):
         selected, listed = result.count, result.count + result.filtered_out
     else:

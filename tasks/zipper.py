@@ -22,24 +22,29 @@ def zip_folder(folder: Path, zip_path: Path, root: str | None = None) -> Path:
     under `root/` when given. Written to a temp file beside it, then renamed: never a half ZIP."""
     folder, zip_path = Path(folder), Path(zip_path)
     tmp = zip_path.with_name(f".ossdl-{zip_path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    # O_EXCL|O_NOFOLLOW: a symbolic link planted at the temp name is never written through.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0),
+                 0o644)
     try:
-        with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
-            for dirpath, dirnames, filenames in os.walk(folder):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    if _tool_file(name):
-                        continue
-                    path = Path(dirpath) / name
-                    rel = path.relative_to(folder).as_posix()
-                    arcname = f"{root}/{rel}" if root else rel
-                    method = zipfile.ZIP_STORED if path.suffix.lower() in _STORED else zipfile.ZIP_DEFLATED
-                    info = zipfile.ZipInfo.from_file(path, arcname)
-                    info.compress_type = method
-                    with open(path, "rb") as src, archive.open(info, "w", force_zip64=True) as dst:
-                        while chunk := src.read(CHUNK):
-                            dst.write(chunk)
-            archive.fp.flush()
-            os.fsync(archive.fp.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            with zipfile.ZipFile(raw, "w", allowZip64=True) as archive:
+                for dirpath, dirnames, filenames in os.walk(folder):
+                    dirnames[:] = sorted(d for d in dirnames if not _tool_file(d))  # the work area .ossdl/
+                    for name in sorted(filenames):
+                        if _tool_file(name):
+                            continue
+                        path = Path(dirpath) / name
+                        rel = path.relative_to(folder).as_posix()
+                        arcname = f"{root}/{rel}" if root else rel
+                        method = zipfile.ZIP_STORED if path.suffix.lower() in _STORED else zipfile.ZIP_DEFLATED
+                        info = zipfile.ZipInfo.from_file(path, arcname)
+                        info.compress_type = method
+                        with open(path, "rb") as src, archive.open(info, "w", force_zip64=True) as dst:
+                            while chunk := src.read(CHUNK):
+                                dst.write(chunk)
+            raw.flush()  # after the central directory, which closing the archive writes
+            os.fsync(raw.fileno())
         os.replace(tmp, zip_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -65,6 +65,15 @@ class OssStore:
     def get_count(self, bucket: str, key: str) -> int:
         return self.server.get_count(bucket, key)
 
+    def add_list_fault(self, bucket: str, kind: str, **kwargs) -> None:
+        self.server.add_list_fault(bucket, kind, **kwargs)
+
+    def list_count(self, bucket: str) -> int:
+        return self.server.list_count(bucket)
+
+    def put_multipart(self, bucket: str, key: str, data: bytes, **kwargs) -> str:
+        return self.server.put_multipart(bucket, key, data, **kwargs)
+
 
 @pytest.fixture(scope="session")
 def oss():

@@ -310,7 +310,7 @@ def test_token_mode_fetches_through_the_bitable_api_and_zips(tmp_path):
     assert failed and all(a["order"] == 5 and "deleted" in a["message"] for a in failed)
     folder = tmp_path / "dl" / "打包"
     on_disk = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-               if p.is_file() and not p.name.startswith(".oss")}
+               if p.is_file() and not any(s.startswith(".oss") for s in p.relative_to(folder).parts)}
     assert on_disk == {f"附件/t{i}.bin": content(f"t{i}.bin") for i in range(5)}
     assert zipped["path"] == str(tmp_path / "dl" / "打包.zip")
     with zipfile.ZipFile(zipped["path"]) as archive:

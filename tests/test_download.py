@@ -44,8 +44,15 @@ def read_csv(out: Path) -> list[list[str]]:
 
 
 def local_files(out: Path) -> dict[str, bytes]:
+    """The downloaded files: everything but the tool's own (.oss-* files, the .ossdl/ work area)."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
-            if p.is_file() and not p.name.startswith(".oss-")}
+            if p.is_file() and not any(part.startswith(".oss") for part in p.relative_to(out).parts)}
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temp or partial files left in the work area (the lock file is always there)."""
+    work = out / ".ossdl"
+    return sorted(p.name for p in work.iterdir() if not p.name.startswith("lock")) if work.exists() else []
 
 
 @both
@@ -87,7 +94,7 @@ def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(store, bucket, tmp
     assert by_key[conflict[0]][2] == "1"
     assert len(rows) == 1 + 3
     assert "listed            " in result.stdout and "failures listed in" in result.stdout
-    assert not list(out.rglob(".ossdl-*"))
+    assert leftovers(out) == []
 
 
 @both
@@ -189,7 +196,7 @@ def test_kill_9_mid_run_then_rerun_is_byte_identical(store, bucket, tmp_path, pr
     assert result.returncode == 0, result.stderr[-3000:]
     files = local_files(out)
     assert files == {**{k[len("data/"):]: body(k, 50_000) for k in keys}, "k/big.bin": big}
-    assert not [p for p in out.rglob(".ossdl-*")]
+    assert leftovers(out) == []
 
 
 @both
@@ -280,7 +287,8 @@ def test_flow_publishes_summary_and_failure_artifacts(store, bucket, tmp_path, p
     params = DownloadParams(endpoint=store.endpoint, bucket=bucket, prefix="data/", output=str(tmp_path),
                             retry_backoff=0.01)
     state = download_objects(params, return_state=True)
-    summary = state.result()
+    assert state.is_failed() and state.message == f"1 of 5 objects failed: see {tmp_path / '.oss-failed.csv'}"
+    summary = state.result(raise_on_failure=False).summary
     assert (summary.downloaded, summary.failed, summary.bytes) == (4, 1, 4000)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

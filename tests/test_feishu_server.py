@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -234,3 +235,68 @@ def test_faults(fs):
     assert fs.get_count(tok) == 6 and fs.counters["media_gets"] == 6
     with pytest.raises(ValueError):
         fs.add_fault(tok, "explode")
+
+
+def _start_get(url: str, headers: dict) -> tuple[socket.socket, str, bytes]:
+    """Send a GET on a raw socket; return it, the response head and the body bytes read so far."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{extra}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return sock, head.decode("latin-1"), body
+
+
+def _read_until_quiet(sock: socket.socket, body: bytes, quiet: float, limit: int) -> bytes:
+    sock.settimeout(quiet)
+    try:
+        while len(body) < limit and (chunk := sock.recv(65536)):
+            body += chunk
+    except TimeoutError:
+        pass
+    return body
+
+
+def _wait_until(predicate, limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_short_fault_is_a_clean_answer_with_too_few_bytes(fs):
+    data = bytes(i % 251 for i in range(10_000))
+    f = fs.add_file(data, "s.bin")
+    fs.add_fault(f["file_token"], "short", times=1)
+    status, headers, body = call(f["url"])
+    assert status == 200 and headers["Content-Length"] == "5000" and body == data[:5000]
+    fs.add_fault(f["file_token"], "short", fraction=0.2, times=1)
+    status, headers, body = call(f["url"], headers=AUTH | {"Range": "bytes=100-199"})
+    assert status == 206 and headers["Content-Range"] == "bytes 100-199/10000" and body == data[100:120]
+    assert call(f["url"])[2] == data
+    with pytest.raises(TypeError):
+        fs.add_fault(f["file_token"], "short", code="X")
+
+
+def test_trickle_fault_sends_a_few_bytes_at_a_time_and_stops_with_the_client(fs):
+    data = bytes(i % 251 for i in range(10_000))
+    f = fs.add_file(data, "t.bin")
+    # 3 bytes every 0.5 s: the whole file would take half an hour.
+    fs.add_fault(f["file_token"], "trickle", chunk=3, seconds=0.5, times=1)
+    sock, head, body = _start_get(f["url"], AUTH)
+    assert head.startswith("HTTP/1.1 200") and "Content-Length: 10000" in head
+    body = _read_until_quiet(sock, body, 0.1, len(data))
+    assert 0 < len(body) < 100 and data.startswith(body)
+    status, _ = call_json(records_url(fs))          # the event loop serves others meanwhile
+    assert status == 200
+    sock.close()
+    assert _wait_until(lambda: fs.media_in_flight == 0)     # not half an hour later
+
+    fs.add_fault(f["file_token"], "trickle", chunk=4_000, seconds=0.01, times=1)
+    status, headers, body = call(f["url"])
+    assert status == 200 and body == data                    # a patient client gets it all

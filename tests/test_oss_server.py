@@ -1,12 +1,16 @@
 """infra.oss_server speaks enough OSS for oss2: listings, reads, signatures (V1/V4/STS), errors and faults."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import http.client
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -350,3 +354,346 @@ def test_cname_bucket_serves_keys_at_the_root():
             assert urllib.request.urlopen(direct, timeout=10).read() == b"world"
         paths = [urlsplit(target).path for _, target in server.requests]
         assert paths and all(p == "/" or p.startswith("/dir") for p in paths)
+
+
+# ----- lying object GETs -----------------------------------------------------------------------------
+
+def start_get(server, url: str, headers: dict | None = None) -> tuple[socket.socket, str, bytes]:
+    """Send a GET for a signed URL on a raw socket; return it, the response head and the body read so far."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n{extra}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return sock, head.decode("latin-1"), body
+
+
+def read_until_quiet(sock: socket.socket, body: bytes, quiet: float, limit: int) -> bytes:
+    """Read until nothing arrives for `quiet` seconds, the server closes, or `limit` bytes are in."""
+    sock.settimeout(quiet)
+    try:
+        while len(body) < limit and (chunk := sock.recv(65536)):
+            body += chunk
+    except TimeoutError:
+        pass
+    return body
+
+
+def wait_until(predicate, limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_short_is_a_clean_answer_that_only_a_crc_check_catches(server, tmp_path: Path):
+    half = len(BIG) // 2
+    server.add_fault(BUCKET, "big.bin", "short", times=3)
+    got = v1(server, enable_crc=False).get_object("big.bin")
+    # Nothing looks wrong to the client: status, Content-Length and body agree.
+    assert got.status == 200 and got.content_length == half and got.read() == BIG[:half]
+    ranged = v1(server).get_object("big.bin", byte_range=(100, 199))
+    assert ranged.status == 206 and ranged.headers["Content-Range"] == f"bytes 100-199/{len(BIG)}"
+    assert ranged.content_length == 50 and ranged.read() == BIG[100:150]
+    # The whole-object CRC-64 still describes the real object, so oss2's check notices.
+    with pytest.raises(oss2.exceptions.InconsistentError):
+        v1(server, enable_crc=True).get_object_to_file("big.bin", str(tmp_path / "big.bin"))
+    assert v1(server).get_object("big.bin").read() == BIG          # times=3 used up
+    server.add_fault(BUCKET, "big.bin", "short", fraction=0.01, times=1)
+    assert v1(server).get_object("big.bin").read() == BIG[: int(len(BIG) * 0.01)]
+    assert server.get_count(BUCKET, "big.bin") == 5
+
+
+def test_wrong_range_answers_another_range(server):
+    server.add_fault(BUCKET, "big.bin", "wrong_range", times=1)
+    assert v1(server).get_object("big.bin").read() == BIG     # no Range: normal, the fault stays
+    got = v1(server).get_object("big.bin", byte_range=(10, 19))
+    assert got.status == 206 and got.headers["Content-Range"] == f"bytes 11-20/{len(BIG)}"
+    assert got.read() == BIG[11:21]
+    assert v1(server).get_object("big.bin", byte_range=(10, 19)).read() == BIG[10:20]
+    server.add_fault(BUCKET, "big.bin", "wrong_range", shift=-5, times=1)
+    url = v1(server).sign_url("GET", "big.bin", 60)
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=100-"}), timeout=10) as resp:
+        assert resp.status == 206 and resp.headers["Content-Range"] == f"bytes 95-{len(BIG) - 6}/{len(BIG)}"
+        assert resp.read() == BIG[95:-5]
+    server.add_fault(BUCKET, "big.bin", "wrong_range", shift=3, times=1)     # clipped to the object's end
+    tail = v1(server).get_object("big.bin", byte_range=(None, 10))
+    assert tail.headers["Content-Range"] == f"bytes {len(BIG) - 7}-{len(BIG) - 1}/{len(BIG)}"
+    assert tail.read() == BIG[-7:]
+
+
+def test_ignore_range_answers_the_whole_object(server):
+    server.add_fault(BUCKET, "big.bin", "ignore_range", times=1)
+    got = v1(server).get_object("big.bin", byte_range=(0, 9))
+    assert got.status == 200 and "Content-Range" not in got.headers
+    assert got.content_length == len(BIG) and got.read() == BIG
+    assert v1(server).get_object("big.bin", byte_range=(0, 9)).read() == BIG[:10]
+
+
+def test_trickle_sends_a_few_bytes_at_a_time_and_stops_with_the_client(server):
+    # 3 bytes every 0.5 s: the whole 65,540 bytes would take three hours.
+    server.add_fault(BUCKET, "big.bin", "trickle", chunk=3, seconds=0.5, times=1)
+    sock, head, body = start_get(server, v1(server).sign_url("GET", "big.bin", 60))
+    assert head.startswith("HTTP/1.1 200") and f"Content-Length: {len(BIG)}" in head     # at once, in full
+    body = read_until_quiet(sock, body, 0.1, len(BIG))
+    assert 0 < len(body) < 100 and BIG.startswith(body)
+    # Other requests are served while the trickle goes on...
+    assert v1(server).get_object("tree/c").read() == b"tree/c"
+    body = read_until_quiet(sock, body, 0.1, len(BIG))
+    assert len(body) < 100 and BIG.startswith(body)
+    sock.close()
+    # ...and the server stops trickling once the client is gone, not three hours later.
+    assert wait_until(lambda: server.in_flight == 0)
+
+
+def test_trickle_delivers_the_whole_body_to_a_patient_client(server, tmp_path: Path):
+    server.add_fault(BUCKET, "tree/c", "trickle", chunk=2, seconds=0.02, times=2)
+    sock, head, body = start_get(server, v1(server).sign_url("GET", "tree/c", 60))
+    assert "Content-Length: 6" in head
+    assert read_until_quiet(sock, body, 5, 6) == b"tree/c"
+    sock.close()
+    v1(server, enable_crc=True).get_object_to_file("tree/c", str(tmp_path / "c"))
+    assert (tmp_path / "c").read_bytes() == b"tree/c"
+    server.add_fault(BUCKET, "big.bin", "trickle", chunk=20_000, seconds=0.01, times=1)
+    assert v1(server).get_object("big.bin", byte_range=(100, None)).read() == BIG[100:]
+
+
+@pytest.mark.parametrize("kind", ["short", "trickle", "ignore_range", "wrong_range", "truncate", "bad_crc"])
+def test_body_faults_leave_errors_alone(server, kind):
+    server.add_fault(BUCKET, "missing", kind)
+    with pytest.raises(oss2.exceptions.NoSuchKey):
+        v1(server).get_object("missing", byte_range=(0, 3))
+    assert server.get_count(BUCKET, "missing") == 1
+
+
+def test_fault_arguments_are_checked(server):
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        server.add_fault(BUCKET, "big.bin", "explode")
+    with pytest.raises(TypeError, match="takes"):
+        server.add_fault(BUCKET, "big.bin", "delay", fraction=0.5)
+    with pytest.raises(ValueError, match="seconds"):
+        server.add_fault(BUCKET, "big.bin", "trickle", seconds=-1)
+    with pytest.raises(ValueError, match="times"):
+        server.add_fault(BUCKET, "big.bin", "reset", times=-1)
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        server.add_list_fault(BUCKET, "bad_crc")
+    with pytest.raises(ValueError, match="nth"):
+        server.add_list_fault(BUCKET, "reset", page=-1)
+
+
+# ----- listing faults ----------------------------------------------------------------------------------
+
+def raw_list(server, query: str) -> tuple[int, bytes]:
+    """A V1 header-signed listing through http.client (oss2 signs no bucket-level URLs)."""
+    date = formatdate(usegmt=True)
+    string_to_sign = f"GET\n\n\n{date}\n/{BUCKET}/"
+    signature = base64.b64encode(hmac.new(SECRET_KEY.encode(), string_to_sign.encode(), hashlib.sha1).digest())
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", f"/{BUCKET}/?{query}", headers={"Date": date,
+                                                             "Authorization": f"OSS {ACCESS_KEY}:{signature.decode()}"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def list_page(bucket, v2: bool, token: str = "", **kw):
+    if v2:
+        return bucket.list_objects_v2(prefix="tree/", max_keys=2, continuation_token=token, **kw)
+    return bucket.list_objects(prefix="tree/", max_keys=2, marker=token, **kw)
+
+
+def next_token(result, v2: bool) -> str:
+    return result.next_continuation_token if v2 else result.next_marker
+
+
+def keys(result) -> list[str]:
+    return [o.key for o in result.object_list]
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_list_status_reset_and_delay_by_page(server, v2):
+    bucket = v1(server)
+    server.add_list_fault(BUCKET, "status", page=1, status=503, code="ServiceUnavailable")
+    first = list_page(bucket, v2)
+    assert keys(first) == TREE[:2]
+    with pytest.raises(oss2.exceptions.ServerError) as info:
+        list_page(bucket, v2, next_token(first, v2))
+    assert (info.value.status, info.value.code) == (503, "ServiceUnavailable") and info.value.request_id
+    assert keys(list_page(bucket, v2, next_token(first, v2))) == TREE[2:4]     # page 2 is not faulted
+    assert server.list_count(BUCKET) == 3
+
+    server.add_list_fault(BUCKET, "reset", times=1)
+    with pytest.raises(oss2.exceptions.RequestError):
+        list_page(bucket, v2)
+    server.add_list_fault(BUCKET, "reset", times=1)
+    with pytest.raises((ConnectionResetError, http.client.RemoteDisconnected)):
+        raw_list(server, "list-type=2" if v2 else "")
+
+    server.add_list_fault(BUCKET, "delay", seconds=0.3, times=1)
+    started = time.monotonic()
+    assert keys(list_page(bucket, v2)) == TREE[:2]
+    assert time.monotonic() - started >= 0.3
+    assert server.list_count(BUCKET) == 6
+    # Object GETs and HEADs are not listings.
+    bucket.get_object("tree/c").read()
+    bucket.head_object("tree/c")
+    assert server.list_count(BUCKET) == 6
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_truncated_no_token_reaches_oss2_as_an_empty_token(server, v2):
+    bucket = v1(server)
+    server.add_list_fault(BUCKET, "truncated_no_token", page=2)
+    first = list_page(bucket, v2)
+    second = list_page(bucket, v2, next_token(first, v2))
+    last = list_page(bucket, v2, next_token(second, v2))      # the real last page, but it says otherwise
+    assert keys(last) == TREE[4:]
+    assert last.is_truncated is True and next_token(last, v2) == ""
+    assert list_page(bucket, v2, next_token(second, v2)).is_truncated is False       # honest again
+    # What the lie does to oss2's iterators: an empty token means "from the start", so the first page
+    # comes twice and nothing says so.
+    server.clear_faults()
+    server.add_list_fault(BUCKET, "truncated_no_token", page=0)
+    iterator = oss2.ObjectIteratorV2 if v2 else oss2.ObjectIterator
+    assert [o.key for o in iterator(bucket, prefix="tree/", max_keys=2)] == TREE[:2] + TREE
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_repeat_token_asks_for_the_same_page_again(server, v2):
+    bucket = v1(server)
+    server.add_list_fault(BUCKET, "repeat_token", page=0)
+    first = list_page(bucket, v2)
+    assert first.is_truncated is True and keys(first) == TREE[:2]
+    token = next_token(first, v2)
+    if not v2:
+        assert token == "tree/a/"         # the first key minus its last character
+    again = list_page(bucket, v2, token)
+    assert keys(again) == TREE[:2]
+    real_next = next_token(again, v2)
+
+    server.add_list_fault(BUCKET, "repeat_token", page=2)
+    second = list_page(bucket, v2, real_next)
+    assert keys(second) == TREE[2:4] and next_token(second, v2) == real_next
+    assert keys(list_page(bucket, v2, real_next)) == TREE[2:4]
+    assert server.list_count(BUCKET) == 4
+
+    # With a delimiter the first item may be a common prefix; its marker lists it again too.
+    server.clear_faults()
+    server.add_list_fault(BUCKET, "repeat_token", page=0)
+    iterator = oss2.ObjectIteratorV2 if v2 else oss2.ObjectIterator
+    assert [o.key for o in iterator(bucket, prefix="tree/", delimiter="/", max_keys=2)] == [
+        "tree/a/", "tree/b/", "tree/a/", "tree/b/", "tree/c", "tree/d/", "tree/z"]
+
+
+def test_repeat_token_traps_oss2s_iterator(server):
+    server.add_list_fault(BUCKET, "repeat_token", page=1)
+    server.add_list_fault(BUCKET, "repeat_token", page=2)
+    assert [o.key for o in oss2.ObjectIteratorV2(v1(server), prefix="tree/", max_keys=2)] == \
+        TREE[:2] + TREE[2:4] * 3 + TREE[4:]
+    server.clear_faults()
+    server.add_list_fault(BUCKET, "repeat_token")
+    endless = oss2.ObjectIterator(v1(server), prefix="tree/", max_keys=2)
+    assert [next(endless).key for _ in range(10)] == TREE[:2] * 5       # nothing in oss2 notices
+
+
+def test_listing_faults_with_url_encoding(server):
+    server.add_list_fault(BUCKET, "repeat_token")
+    bucket = v1(server)                   # oss2's v1 listings always ask encoding-type=url
+    first = bucket.list_objects(prefix="tricky/", max_keys=1)
+    assert keys(first) == ["tricky/%41"] and first.next_marker == "tricky/%4"
+    assert keys(bucket.list_objects(prefix="tricky/", max_keys=1, marker=first.next_marker)) == ["tricky/%41"]
+    status, body = raw_list(server, "prefix=tricky%2F&max-keys=1&encoding-type=url")
+    assert status == 200 and b"<NextMarker>tricky%2F%254</NextMarker>" in body
+    server.clear_faults()
+    server.add_list_fault(BUCKET, "truncated_no_token")
+    status, body = raw_list(server, "list-type=2&prefix=tricky%2F&max-keys=1")
+    assert b"<IsTruncated>true</IsTruncated><NextContinuationToken></NextContinuationToken>" in body
+
+
+def test_clear_faults_clears_listing_faults_and_counts(server):
+    bucket = v1(server)
+    server.add_list_fault(BUCKET, "status")
+    server.add_fault(BUCKET, "tree/c", "status")
+    with pytest.raises(oss2.exceptions.ServerError):
+        list_page(bucket, True)
+    with pytest.raises(oss2.exceptions.ServerError):
+        bucket.get_object("tree/c")
+    assert server.list_count(BUCKET) == 1 and server.get_count(BUCKET, "tree/c") == 1
+    server.clear_faults()
+    assert server.list_count(BUCKET) == 0 and server.get_count(BUCKET, "tree/c") == 0
+    assert keys(list_page(bucket, True)) == TREE[:2] and bucket.get_object("tree/c").read() == b"tree/c"
+
+
+# ----- objects whose ETag is not an MD5 ------------------------------------------------------------------
+
+def test_multipart_objects_have_oss_multipart_etags(server, tmp_path: Path):
+    data = bytes(range(256)) * 40                     # 10,240 bytes: parts of 3,414 + 3,414 + 3,412
+    etag = server.put(BUCKET, "etag/mp.bin", data, multipart_parts=3)
+    parts = [data[:3414], data[3414:6828], data[6828:]]
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest().upper() + "-3"
+    assert etag == f'"{expected}"'
+    bucket = v1(server)
+    head = bucket.head_object("etag/mp.bin")
+    assert head.etag == expected and head.object_type == "Multipart" and head.content_length == len(data)
+    listed = bucket.list_objects(prefix="etag/mp").object_list[0]
+    assert (listed.etag, listed.type, listed.size) == (expected, "Multipart", len(data))
+    bucket.get_object_to_file("etag/mp.bin", str(tmp_path / "mp"))       # CRC-64 still checks out
+    assert (tmp_path / "mp").read_bytes() == data
+    assert bucket.get_object("etag/mp.bin", byte_range=(0, 3), headers={"If-Match": etag}).read() == data[:4]
+    # put_multipart cuts by part size, like MotoS3.put_multipart.
+    by_size = server.put_multipart(BUCKET, "etag/mp4k.bin", data, part_size=4096)
+    chunks = [data[:4096], data[4096:8192], data[8192:]]
+    assert by_size == '"' + hashlib.md5(b"".join(hashlib.md5(p).digest() for p in chunks)).hexdigest().upper() + '-3"'
+    with pytest.raises(ValueError, match="parts"):
+        server.put(BUCKET, "etag/bad", b"0123456789", multipart_parts=6)     # 2-byte parts make 5, not 6
+    with pytest.raises(ValueError, match="multipart_parts"):
+        server.put(BUCKET, "etag/bad", b"0123456789", multipart_parts=0)
+
+
+def test_kms_objects_have_an_etag_that_is_not_the_md5(server, tmp_path: Path):
+    data = b"secret payload" * 100
+    etag = server.put(BUCKET, "etag/kms.bin", data, sse="KMS")
+    head = v1(server).head_object("etag/kms.bin")
+    assert head.headers["x-oss-server-side-encryption"] == "KMS"
+    assert head.headers["x-oss-server-side-encryption-key-id"]
+    assert head.etag == etag.strip('"') and head.etag != hashlib.md5(data).hexdigest().upper()
+    v1(server).get_object_to_file("etag/kms.bin", str(tmp_path / "kms"))
+    assert (tmp_path / "kms").read_bytes() == data
+    aes = server.put(BUCKET, "etag/aes.bin", data, sse="AES256")       # SSE-OSS keeps the MD5 ETag
+    assert aes == f'"{hashlib.md5(data).hexdigest().upper()}"'
+    assert v1(server).head_object("etag/aes.bin").headers["x-oss-server-side-encryption"] == "AES256"
+    assert "x-oss-server-side-encryption" not in v1(server).head_object("tree/c").headers
+    with pytest.raises(ValueError, match="encryption"):
+        server.put(BUCKET, "etag/bad", data, sse="SM4-ish")
+
+
+@pytest.mark.parametrize("options", [{"multipart_parts": 2}, {"sse": "KMS"}, {}], ids=["multipart", "kms", "simple"])
+def test_overwrite_with_same_size_changes_etag_and_last_modified(server, options):
+    key = f"etag/overwrite-{len(options)}-{sorted(options)}"
+    server.put(BUCKET, key, b"A" * 1000, **options)
+    before = v1(server).head_object(key)
+    server.put(BUCKET, key, b"B" * 1000, **options)          # same size, within the same second
+    after = v1(server).head_object(key)
+    assert after.etag != before.etag and after.content_length == before.content_length
+    assert after.last_modified > before.last_modified
+    assert v1(server).get_object(key).read() == b"B" * 1000
+
+
+def test_trickle_ends_when_the_server_stops():
+    with OssServer() as own:
+        own.create_bucket("stop-bucket")
+        own.put("stop-bucket", "k", BIG)
+        own.add_fault("stop-bucket", "k", "trickle", chunk=1, seconds=60)
+        url = oss2.Bucket(oss2.Auth(ACCESS_KEY, SECRET_KEY), own.endpoint, "stop-bucket").sign_url("GET", "k", 60)
+        sock, head, _ = start_get(own, url)
+        assert head.startswith("HTTP/1.1 200") and own.in_flight == 1
+    # stop() returned; the trickle let go of its 60-second wait.
+    assert wait_until(lambda: own.in_flight == 0)
+    sock.close()

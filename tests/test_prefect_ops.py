@@ -1,114 +1,113 @@
-"""Prefect operations for real: `prefect server start`, deploy from prefect.yaml, process workers,
-credentials in a Secret block, a sharded run split over two workers, and the flow-run page in Chromium."""
+"""Prefect operations the README's way, on a real server: `make server` on a free port, `make deploy` from
+prefect.yaml, two `make worker`s, schedules that fire, runs with failed objects ending Failed and alerting a
+webhook, the failure CSV linked from the UI, shards spread over workers, refused parameters, and the flow-run
+page in Chromium. Every test makes its own objects and runs; none relies on another's."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
+import uuid
+from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
+from tests.prefect_ops import (MAKE, Receiver, artifacts_of, clean_env, client_for, free_port, logs_of, run, start,
+                               server_errors, start_workers, stop, wait_final, wait_for, wait_healthy)
 from tests.test_download import body, local_files, put, read_csv
 
 SECRET = "Sup3r-Secret-Value-9f2c"
 ARTIFACTS = ROOT / "tests" / "artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(api: str, home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "OSS_"))}
-    env.update(PREFECT_API_URL=api, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    return env
+DEPLOYMENTS = {"object-download/s3-download", "object-download/oss-nightly-mirror", "object-download/shard",
+               "sharded-download/sharded", "feishu-attachments/feishu-attachments"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real Prefect server on a free loopback port, two process workers, and the deployments."""
+def ops(tmp_path_factory, s3):
+    """`make server` on a free port, `make deploy` with credentials, an alert webhook and a reports bucket in the
+    environment, and two `make worker`s (without store credentials of their own: runs use the blocks)."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = clean_env(api, home)
-    prefect = str(Path(sys.executable).with_name("prefect"))
     logs = home / "logs"
     logs.mkdir()
-    procs = [subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)]
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    receiver = Receiver()
+    reports = "reports-" + uuid.uuid4().hex[:8]
+    s3.client().create_bucket(Bucket=reports)
+    fast = dict(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1", PREFECT_WORKER_QUERY_SECONDS="1",
+                PREFECT_WORKER_PREFETCH_SECONDS="1", PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2")
+    # The server's shell has no PREFECT_API_URL: its UI must still talk to PREFECT_PORT, not 4200.
+    server_env = clean_env(home, **fast)
+    env = clean_env(home, PREFECT_API_URL=api, **fast)
+    deploy_env = dict(env, AWS_ACCESS_KEY_ID="test-access-key", AWS_SECRET_ACCESS_KEY=SECRET,
+                      OSS_ACCESS_KEY_ID="oss-key-id", OSS_ACCESS_KEY_SECRET="oss-" + SECRET,
+                      DOWNLOAD_ALERT_WEBHOOK_URL=receiver.url, DOWNLOAD_REPORTS_BUCKET=reports,
+                      DOWNLOAD_REPORTS_ENDPOINT=s3.endpoint)
+    procs = [start(MAKE + ["server", f"PREFECT_PORT={port}"], server_env, logs / "server.log")]
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{api}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (logs / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
-        setup = subprocess.run([sys.executable, "-m", "deployments.setup"], cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=120)
-        assert setup.returncode == 0, setup.stderr[-3000:]
-        deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
+        wait_healthy(api, logs / "server.log")
+        deploy = run(MAKE + ["deploy", f"PREFECT_PORT={port}"], deploy_env)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        for name in ("worker-a", "worker-b"):
-            procs.append(subprocess.Popen(
-                [prefect, "worker", "start", "--pool", "downloads", "--name", name, "--limit", "1"],
-                cwd=ROOT, env=env, stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT))
-        yield {"api": api, "env": env, "logs": logs, "port": port}
+        worker_env = dict(env, PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK="s3-bucket/download-reports")
+        start_workers(procs, ["worker-a", "worker-b"], port, worker_env, logs, api)
+        yield {"api": api, "env": env, "deploy_env": deploy_env, "logs": logs, "port": port, "home": home,
+               "receiver": receiver, "reports": reports, "deploy": deploy.stdout}
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
+        receiver.close()
 
 
-def client_for(api: str):
-    from prefect.client.orchestration import SyncPrefectClient
-    return SyncPrefectClient(api)
+def everything_recorded(client, run_ids, ops) -> str:
+    """Parameters, logs and artifacts of the runs, every artifact, every process log and webhook body."""
+    text = ""
+    for run_id in run_ids:
+        text += json.dumps(client.read_flow_run(run_id).parameters) + "".join(logs_of(client, run_id))
+    text += json.dumps([a.data for a in client.read_artifacts()], default=str)
+    text += "".join(p.read_text(errors="replace") for p in ops["logs"].iterdir())
+    return text + "".join(ops["receiver"].bodies)
 
 
-def wait_final(client, run_id, timeout=240):
-    deadline = time.monotonic() + timeout
-    while True:
-        run = client.read_flow_run(run_id)
-        if run.state and run.state.is_final():
-            return run
-        assert time.monotonic() < deadline, f"flow run still {run.state.name if run.state else None}"
-        time.sleep(1)
+def schedule_ids(ops, deployment: str) -> list[str]:
+    listed = run([sys.executable, "-m", "prefect", "deployment", "schedule", "ls", deployment], ops["env"])
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    return re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", listed.stdout)
 
 
-def artifact_rows(client, run_id, key):
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-    found = client.read_artifacts(artifact_filter=ArtifactFilter(
-        key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-    assert found, f"no {key} artifact"
-    data = found[0].data
-    return json.loads(data) if isinstance(data, str) else data
+def schedule(ops, action: str, deployment: str, schedule_id: str) -> None:
+    """`prefect deployment schedule resume|pause DEPLOYMENT SCHEDULE_ID`, as the README says."""
+    done = run([sys.executable, "-m", "prefect", "deployment", "schedule", action, deployment, schedule_id],
+               ops["env"])
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def save_credentials(api, env, access_key, secret):
-    code = ("from deployments.setup import save_credentials; import sys; "
-            "save_credentials('s3-credentials', sys.argv[1], sys.argv[2])")
-    subprocess.run([sys.executable, "-c", code, access_key, secret], cwd=ROOT, env=env, check=True, timeout=60)
+def runs_of(client, deployment: str):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    dep = client.read_deployment_by_name(deployment)
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])), limit=200)
 
 
-def test_parameter_form_schema():
+def start_run(ops, deployment: str, parameters: dict, **options):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    with temporary_settings({PREFECT_API_URL: ops["api"]}):
+        return run_deployment(deployment, parameters=parameters, timeout=0, **options)
+
+
+def store_params(s3, bucket, prefix, out, **extra) -> dict:
+    return {"backend": "s3", "endpoint": s3.endpoint, "bucket": bucket, "prefix": prefix, "output": str(out),
+            "concurrency": 4, "credentials_block": "s3-credentials", "retry_backoff": 0.05, **extra}
+
+
+def test_parameter_forms_are_described_and_bounded():
     from prefect.utilities.callables import parameter_schema
 
     from flows.download import download_objects
+    from flows.sharded import sharded_download
     schema = parameter_schema(download_objects).model_dump()
     assert schema["required"] == ["params"]
     model = schema["definitions"]["DownloadParams"]
@@ -122,54 +121,180 @@ def test_parameter_form_schema():
     # Credentials are named by block, never passed as values.
     assert not [name for name in props if "secret" in name or "token" in name or "password" in name]
 
+    sharded = parameter_schema(sharded_download).model_dump()["properties"]
+    assert (sharded["shards"]["minimum"], sharded["shards"]["maximum"], sharded["shards"]["default"]) == (1, 64, 4)
+    assert (sharded["poll_seconds"]["minimum"], sharded["poll_seconds"]["maximum"]) == (0.5, 60)
+    assert sharded["start_timeout_seconds"]["minimum"] == 5
+    assert all(p.get("description") for p in sharded.values()), sharded
 
-def test_deployed_run_on_a_worker_with_credentials_block(server, s3, bucket, tmp_path):
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
+def test_make_server_and_make_deploy(ops):
+    # The UI served by `make server PREFECT_PORT=N` talks to port N.
+    settings = json.load(urllib.request.urlopen(f"http://127.0.0.1:{ops['port']}/ui-settings", timeout=10))
+    assert settings["api_url"] == ops["api"]
+    assert "automation 'download-failed'" in ops["deploy"]
+    with client_for(ops["api"]) as client:
+        deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
+        assert set(deployments) == DEPLOYMENTS
+        limits = {name: d.global_concurrency_limit.limit if d.global_concurrency_limit else None
+                  for name, d in deployments.items()}
+        assert limits == {name: None if name == "object-download/shard" else 1 for name in DEPLOYMENTS}
+        for name in ("object-download/s3-download", "object-download/oss-nightly-mirror"):
+            assert [s.active for s in deployments[name].schedules] == [False], name
+            assert deployments[name].enforce_parameter_schema
+        blocks = {f"{b.block_type.slug}/{b.name}" for b in client.read_block_documents()}
+    assert {"aws-credentials/s3-credentials", "oss-credentials/oss-credentials", "custom-webhook/download-alerts",
+            "s3-bucket/download-reports"} <= blocks
+
+
+def test_shipped_schedule_resumed_creates_runs_without_server_errors(ops):
+    deployment = "object-download/s3-download"
+    with client_for(ops["api"]) as client:
+        assert runs_of(client, deployment) == []  # shipped paused: nothing mirrors the placeholder bucket
+        (schedule_id,) = schedule_ids(ops, deployment)
+        schedule(ops, "resume", deployment, schedule_id)
+        try:
+            created = wait_for("the scheduler to create runs", lambda: runs_of(client, deployment), timeout=60)
+            shanghai = [r.expected_start_time.astimezone(ZoneInfo("Asia/Shanghai")) for r in created]
+            assert all(r.auto_scheduled and r.state.is_scheduled() for r in created)
+            assert all((t.hour, t.minute) == (2, 0) for t in shanghai), shanghai
+            print(f"scheduler: {len(created)} runs of the nightly cron created")
+        finally:
+            schedule(ops, "pause", deployment, schedule_id)
+        wait_for("pausing to remove the scheduled runs", lambda: not runs_of(client, deployment), timeout=30)
+    server_log = (ops["logs"] / "server.log").read_text(errors="replace")
+    assert "Can't evaluate bulk DML" not in server_log and not server_errors(server_log), server_errors(server_log)
+
+
+def test_a_scheduled_run_executes_on_a_worker(ops, s3, bucket, tmp_path):
+    """The s3-download entry of prefect.yaml, its parameters set (the README's first step) and its schedule
+    every 10 s instead of nightly, deployed with `make deploy PREFECT_FILE=...` and resumed the README's way."""
+    keys = [f"sched/{i}.bin" for i in range(5)]
+    for key in keys:
+        put(s3, bucket, key, body(key, 2000))
+    out = tmp_path / "scheduled"
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (entry,) = [d for d in config["deployments"] if d["name"] == "s3-download"]
+    entry.update(name="scheduled-e2e", parameters={"params": store_params(s3, bucket, "sched/", out)},
+                 schedules=[{"interval": 10, "active": False}])
+    config["deployments"] = [entry]
+    copy = tmp_path / "prefect.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    deploy = run(MAKE + ["deploy", f"PREFECT_PORT={ops['port']}", f"PREFECT_FILE={copy}"], ops["deploy_env"])
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    deployment = "object-download/scheduled-e2e"
+    (schedule_id,) = schedule_ids(ops, deployment)
+    schedule(ops, "resume", deployment, schedule_id)
+    try:
+        with client_for(ops["api"]) as client:
+            done = wait_for("a scheduled run to finish", lambda: [
+                r for r in runs_of(client, deployment) if r.state.is_final()], timeout=240, every=1)
+    finally:
+        schedule(ops, "pause", deployment, schedule_id)
+    assert done[0].auto_scheduled and done[0].state.is_completed(), done[0].state
+    assert local_files(out) == {k[len("sched/"):]: body(k, 2000) for k in keys}
+
+
+def test_partial_params_keep_the_deployments_other_values(ops, s3, bucket, tmp_path):
+    """Only some fields of `params` (as from `prefect deployment run --params` or the API): the deployment's
+    credentials_block and concurrency stay. The workers have no store credentials of their own."""
+    keys = [f"partial/{i}.txt" for i in range(3)]
+    for key in keys:
+        put(s3, bucket, key, body(key, 500))
+    out = tmp_path / "partial"
+    params = {"endpoint": s3.endpoint, "bucket": bucket, "prefix": "partial/", "output": str(out)}
+    started = start_run(ops, "object-download/s3-download", {"params": params})
+    with client_for(ops["api"]) as client:
+        done = wait_final(client, started.id)
+        assert done.state.is_completed(), done.state
+        assert done.parameters == {"params": params}
+        kept = wait_for("the run's log line", lambda: [
+            m for m in logs_of(client, done.id) if "the deployment's values kept" in m], timeout=30)
+        assert "concurrency" in kept[0] and "credentials_block" in kept[0], kept
+        assert SECRET not in everything_recorded(client, [done.id], ops)
+    assert local_files(out) == {k[len("partial/"):]: body(k, 500) for k in keys}
+
+
+def test_failed_objects_end_failed_alert_and_link_the_csv(ops, s3, bucket, tmp_path):
     keys = [f"nightly/{i:02d}.bin" for i in range(12)]
     for key in keys:
         put(s3, bucket, key, body(key, 4000))
     s3.add_fault(bucket, "nightly/03.bin", "status", status=503, code="SlowDown", times=1)
     s3.add_fault(bucket, "nightly/07.bin", "status", status=403, code="AccessDenied")
-    save_credentials(server["api"], server["env"], "test-access-key", SECRET)
     out = tmp_path / "mirror"
-    params = {"backend": "s3", "endpoint": s3.endpoint, "bucket": bucket, "prefix": "nightly/",
-              "output": str(out), "concurrency": 4, "credentials_block": "s3-credentials", "retry_backoff": 0.05}
-    with temporary_settings({PREFECT_API_URL: server["api"]}):
-        run = run_deployment("object-download/s3-download", parameters={"params": params}, timeout=0)
-    with client_for(server["api"]) as client:
-        run = wait_final(client, run.id)
-        assert run.state.is_completed(), run.state
-        files = local_files(out)
-        assert files == {k[len("nightly/"):]: body(k, 4000) for k in keys if k != "nightly/07.bin"}
-        summary = {r["metric"]: r["value"] for r in artifact_rows(client, run.id, "download-summary")}
-        assert (summary["listed"], summary["downloaded"], summary["failed"]) == ("12", "11", "1")
-        failures = artifact_rows(client, run.id, "download-failures")
-        assert failures == [{"key": "nightly/07.bin", "last_error": "HTTP 403 AccessDenied: injected fault",
-                             "retry_count": 1}]
+    started = start_run(ops, "object-download/s3-download", {"params": store_params(s3, bucket, "nightly/", out)})
+    with client_for(ops["api"]) as client:
+        done = wait_final(client, started.id)
+        assert done.state.is_failed() and done.state.name == "Failed", done.state
+        assert done.state.message.startswith("1 of 12 objects failed"), done.state.message
+        assert local_files(out) == {k[len("nightly/"):]: body(k, 4000) for k in keys if k != "nightly/07.bin"}
         assert read_csv(out)[1:] == [["nightly/07.bin", "HTTP 403 AccessDenied: injected fault", "1"]]
 
-        deployment = client.read_deployment_by_name("object-download/s3-download")
-        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
-        assert deployment.enforce_parameter_schema
-        feishu = client.read_deployment_by_name("feishu-attachments/feishu-attachments")
-        feishu_fields = feishu.parameter_openapi_schema["definitions"]["FeishuParams"]["properties"]
-        assert {"app_token", "table_id", "token_block", "zip"} <= set(feishu_fields)
-        assert not {"token", "personal_base_token"} & set(feishu_fields)  # the token is never a parameter
+        artifacts = artifacts_of(client, done.id)
+        summary = {r["metric"]: r["value"] for r in artifacts["download-summary"]}
+        assert (summary["listed"], summary["downloaded"], summary["failed"]) == ("12", "11", "1")
+        assert artifacts["download-failures"] == [
+            {"key": "nightly/07.bin", "last_error": "HTTP 403 AccessDenied: injected fault", "retry_count": 1}]
+        # The link leads to the full CSV in the reports bucket, over HTTP, from any browser.
+        (link,) = re.findall(r"\]\((.+)\)$", artifacts["download-failed-csv"])
+        assert link.startswith(f"{s3.endpoint}/{ops['reports']}/download-failures/{done.id}/"), link
+        assert "X-Amz-Signature=" in link and "X-Amz-Expires=604800" in link, link
+        assert urllib.request.urlopen(link, timeout=10).read() == (out / ".oss-failed.csv").read_bytes()
 
-        # The secret is nowhere: parameters, logs, artifacts, server and worker output.
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-        assert logs, "the run wrote no logs"
-        everything = json.dumps(run.parameters) + "".join(log.message for log in logs)
-        everything += json.dumps([a.data for a in client.read_artifacts()], default=str)
-        everything += "".join(p.read_text(errors="replace") for p in server["logs"].iterdir())
-        assert SECRET not in everything
-    server["last_run"] = str(run.id)
+        # The shipped automation notified the webhook.
+        alert = wait_for("the failure alert", lambda: [b for b in ops["receiver"].bodies if done.name in b],
+                         timeout=120)
+        sent = json.loads(alert[0])
+        assert "ended Failed" in sent["subject"] and "1 of 12 objects failed" in sent["body"], sent
+        assert f"/runs/flow-run/{done.id}" in sent["body"], sent
+        assert SECRET not in everything_recorded(client, [done.id], ops)
 
 
-def test_sharded_run_splits_work_over_two_workers(server, s3, bucket, tmp_path):
+def test_a_csv_that_cannot_be_uploaded_leaves_a_local_link(ops, s3, bucket, tmp_path):
+    """The reports bucket is gone: the run still ends Failed with all its artifacts; the link is the local file."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup import aws_credentials, save_reports_bucket
+    with temporary_settings({PREFECT_API_URL: ops["api"]}):
+        save_reports_bucket("no-such-bucket", aws_credentials("test-access-key", SECRET, endpoint=s3.endpoint),
+                            name="gone-reports")
+    put(s3, bucket, "gone/ok.txt", b"ok")
+    put(s3, bucket, "gone/denied.txt", b"no")
+    s3.add_fault(bucket, "gone/denied.txt", "status", status=403, code="AccessDenied")
+    started = start_run(ops, "object-download/s3-download", {"params": store_params(s3, bucket, "gone/", tmp_path)},
+                        job_variables={"env": {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "s3-bucket/gone-reports"}})
+    with client_for(ops["api"]) as client:
+        done = wait_final(client, started.id)
+        assert done.state.is_failed() and done.state.message.startswith("1 of 2 objects failed"), done.state
+        artifacts = artifacts_of(client, done.id)
+        assert {"download-summary", "download-failures"} <= set(artifacts)
+        assert f"]({(tmp_path / '.oss-failed.csv').as_uri()})" in artifacts["download-failed-csv"]
+        warned = wait_for("the warning", lambda: [m for m in logs_of(client, done.id) if "not uploaded" in m], 30)
+    assert warned[0].startswith("failure CSV not uploaded to s3-bucket/gone-reports ("), warned
+
+
+def test_runs_of_one_deployment_never_overlap(ops, s3, bucket, tmp_path):
+    for i in range(3):
+        put(s3, bucket, f"slow/{i}", b"x" * 100)
+        s3.add_fault(bucket, f"slow/{i}", "delay", seconds=1.0)
+    runs = [start_run(ops, "object-download/s3-download",
+                      {"params": store_params(s3, bucket, "slow/", tmp_path / f"out{n}", concurrency=1)})
+            for n in range(2)]
+    with client_for(ops["api"]) as client:
+        done = [wait_final(client, r.id) for r in runs]
+        assert all(r.state.is_completed() for r in done), [r.state for r in done]
+        spans, waited = [], []
+        for r in done:
+            states = client.read_flow_run_states(r.id)
+            running = [s.timestamp for s in states if s.type.value == "RUNNING"]
+            spans.append((min(running), max(s.timestamp for s in states)))
+            waited.append(any(s.name == "AwaitingConcurrencySlot" for s in states))
+    first, second = sorted(spans)
+    assert first[1] <= second[0], spans  # the second started only after the first had finished
+    assert any(waited), "neither run waited for the deployment's concurrency slot"
+
+
+def test_sharded_deployment_spreads_shards_over_two_workers(ops, s3, bucket, tmp_path):
     folders = ["a", "b", "c", "d"]
     keys = [f"big/{f}/{i:02d}.dat" for f in folders for i in range(6)] + ["big/top-level.dat"]
     for key in keys:
@@ -177,52 +302,175 @@ def test_sharded_run_splits_work_over_two_workers(server, s3, bucket, tmp_path):
         if key == "big/c/02.dat":
             s3.add_fault(bucket, key, "status", status=404, code="NoSuchKey")
         else:
-            s3.add_fault(bucket, key, "delay", seconds=0.3)  # long enough for both workers to take shards
-    save_credentials(server["api"], server["env"], "test-access-key", SECRET)
+            s3.add_fault(bucket, key, "delay", seconds=0.3)  # shards long enough for both workers to take some
     out = tmp_path / "sharded"
-    env = dict(server["env"])
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.sharded", "--shards", "4", "--endpoint", s3.endpoint, "--bucket", bucket,
-         "--prefix", "big/", "--output", str(out), "--credentials-block", "s3-credentials",
-         "--retry-backoff", "0.05"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    started = start_run(ops, "sharded-download/sharded", {"params": store_params(s3, bucket, "big/", out),
+                                                          "shards": 4, "poll_seconds": 1})
+    with client_for(ops["api"]) as client:
+        done = wait_final(client, started.id, timeout=400)
+        assert done.state.is_failed() and done.state.message.startswith("1 of 25 objects failed"), done.state
+        summary = {r["metric"]: r["value"] for r in artifacts_of(client, done.id)["download-summary"]}
+        assert (summary["listed"], summary["downloaded"], summary["failed"]) == ("25", "24", "1")
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+        shards = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[done.id])))
+    assert sorted(r.name for r in shards) == ["shard-s0", "shard-s1", "shard-s2", "shard-s3"]
     assert local_files(out) == {k[len("big/"):]: body(k, 3000) for k in keys if k != "big/c/02.dat"}
     assert read_csv(out) == [["key", "last_error", "retry_count"],
                              ["big/c/02.dat", "HTTP 404 NoSuchKey: injected fault", "1"]]
     assert sorted(p.name for p in out.glob(".oss-manifest-s*.sqlite")) == [
         f".oss-manifest-s{i}.sqlite" for i in range(4)]
-    assert "downloaded        24" in result.stdout and "listed            25" in result.stdout
-
-    with client_for(server["api"]) as client:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-        shard_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(like_="shard-s")))
-        ids = {str(r.id) for r in shard_runs if r.parameters["params"]["bucket"] == bucket}
-    assert len(ids) == 4
-    ran = {name: [i for i in ids if i in (server["logs"] / f"{name}.log").read_text()]
+    ran = {name: [str(r.id) for r in shards if str(r.id) in (ops["logs"] / f"{name}.log").read_text()]
            for name in ("worker-a", "worker-b")}
     assert ran["worker-a"] and ran["worker-b"], ran
 
 
-def test_flow_run_page_shows_the_artifacts_in_chromium(server):
+def test_shards_that_cannot_start_fail_clearly(ops, s3, bucket, tmp_path):
+    """A shard deployment in a pool no worker polls: the parent gives up after start_timeout, cancels the
+    waiting shards and says which; a pool whose limit leaves no slot is refused before any shard is created."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    for key in ("idle/a/1", "idle/b/1"):
+        put(s3, bucket, key, b"x")
+    pool = "idle-" + uuid.uuid4().hex[:6]
+    with client_for(ops["api"]) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name("object-download")
+        client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
+                                 entrypoint="flows/download.py:download_objects")
+    out = tmp_path / "idle"
+    argv = [sys.executable, "-m", "flows.sharded", "--deployment", f"object-download/{pool}", "--endpoint",
+            s3.endpoint, "--bucket", bucket, "--prefix", "idle/", "--output", str(out), "--credentials-block",
+            "s3-credentials", "--start-timeout", "5", "--poll-seconds", "0.5"]
+    result = run(argv, ops["env"])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not start within 5 s and were cancelled: shard-s0 (Scheduled)," in errors[0]
+    assert f"work pool {pool!r}" in errors[0] and "Traceback" not in result.stderr, result.stderr
+    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".oss")]
+    with client_for(ops["api"]) as client:
+        assert {r.state.name for r in runs_of(client, f"object-download/{pool}")} == {"Cancelled"}
+        client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=0))
+    refused = run(argv, ops["env"])
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: work pool {pool!r} runs at most 0 flow run(s) at once: shards could never start; raise it"
+        f" (prefect work-pool set-concurrency-limit {pool} N) or clear it")
+
+
+def test_sharded_run_on_a_pool_limited_to_one_run_fails_at_once(ops, s3, bucket, tmp_path):
+    """The parent runs on the pool and takes its only slot: its shards could never start, so it fails at
+    once instead of waiting forever."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+    put(s3, bucket, "one/a/1", b"x")
+    with client_for(ops["api"]) as client:
+        client.update_work_pool("downloads", WorkPoolUpdate(concurrency_limit=1))
+        try:
+            started = start_run(ops, "sharded-download/sharded", {
+                "params": store_params(s3, bucket, "one/", tmp_path / "one"), "shards": 2})
+            done = wait_final(client, started.id)
+        finally:
+            client.update_work_pool("downloads", WorkPoolUpdate(concurrency_limit=None))
+        assert done.state.is_failed(), done.state
+        assert done.state.message == (
+            "work pool 'downloads' runs at most 1 flow run(s) at once (this sharded run holds one of them): shards"
+            " could never start; raise it (prefect work-pool set-concurrency-limit downloads N) or clear it")
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+        assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[done.id])))
+
+
+def test_bad_parameters_are_refused_naming_the_parameter(ops):
+    prefect = [sys.executable, "-m", "prefect", "deployment", "run"]
+    cases = [
+        (["sharded-download/sharded", "-p", "shards=-3"],
+         "Validation failed for field 'shards'. Failure reason: -3 is less than the minimum of 1"),
+        (["sharded-download/sharded", "--params", '{"poll_seconds": -1}'],
+         "Validation failed for field 'poll_seconds'. Failure reason: -1 is less than the minimum of 0.5"),
+        (["object-download/s3-download", "--params", '{"params": {"bucket": "b", "concurrency": 0}}'],
+         "Validation failed for field 'params.concurrency'. Failure reason: 0 is less than the minimum of 1"),
+    ]
+    with client_for(ops["api"]) as client:
+        before = len(client.read_flow_runs(limit=200))
+        for argv, message in cases:
+            result = run(prefect + argv, ops["env"])
+            assert result.returncode == 1 and message in result.stdout + result.stderr, (argv, result.stdout)
+        assert len(client.read_flow_runs(limit=200)) == before  # refused before any run exists
+    cli = run([sys.executable, "-m", "flows.sharded", "--shards", "-3", "--bucket", "b"], ops["env"])
+    assert cli.returncode == 2 and "argument --shards: invalid int from 1 to 64 value: '-3'" in cli.stderr, cli.stderr
+
+
+def test_credentials_blocks_typed_and_legacy(ops):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup import save_secret_credentials
+    from tasks.credentials import load_block_credentials
+    from tasks.errors import UsageError
+    with temporary_settings({PREFECT_API_URL: ops["api"]}):
+        save_secret_credentials("legacy-creds", "legacy-id", "legacy-secret", "legacy-token")
+        assert load_block_credentials("legacy-creds") == {
+            "access_key_id": "legacy-id", "secret_access_key": "legacy-secret", "session_token": "legacy-token"}
+        assert load_block_credentials("s3-credentials") == load_block_credentials("aws-credentials/s3-credentials") \
+            == {"access_key_id": "test-access-key", "secret_access_key": SECRET}
+        assert load_block_credentials("oss-credentials") == {"access_key_id": "oss-key-id",
+                                                             "secret_access_key": "oss-" + SECRET}
+        with pytest.raises(UsageError, match="^credentials block 'nope' not found"):
+            load_block_credentials("nope")
+    with client_for(ops["api"]) as client:
+        shown = {b.name: b.data for b in client.read_block_documents(include_secrets=False) if b.name in ("s3-credentials", "oss-credentials")}
+    assert SECRET not in json.dumps(shown, default=str)  # SecretStr fields are masked by the API
+
+
+def test_oss_runs_with_the_typed_block_and_a_legacy_secret_block(ops, oss, tmp_path):
+    """The OSS-protocol server checks every signature: a run completes only with the block's real keys, read
+    from an OSS Credentials block (SecretStr) or from the JSON Secret block of earlier versions."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup import save_oss_credentials, save_secret_credentials
+    from infra.oss_server import ACCESS_KEY, SECRET_KEY
+    bucket = "oss-" + uuid.uuid4().hex[:8]
+    oss.create_bucket(bucket)
+    for i in range(3):
+        oss.put(bucket, f"m/{i}.txt", body(f"m/{i}.txt", 700))
+    with temporary_settings({PREFECT_API_URL: ops["api"]}):
+        save_oss_credentials("oss-e2e", ACCESS_KEY, SECRET_KEY)
+        save_secret_credentials("oss-legacy", ACCESS_KEY, SECRET_KEY)
+        save_oss_credentials("oss-wrong", ACCESS_KEY, "not-the-secret")
+    with client_for(ops["api"]) as client:
+        for block, completes in (("oss-e2e", True), ("oss-legacy", True), ("oss-wrong", False)):
+            out = tmp_path / block
+            params = {"backend": "oss", "endpoint": oss.endpoint, "bucket": bucket, "prefix": "m/",
+                      "output": str(out), "credentials_block": block}
+            done = wait_final(client, start_run(ops, "object-download/oss-nightly-mirror", {"params": params}).id)
+            assert done.state.is_completed() is completes, (block, done.state)
+            expected = {f"{i}.txt": body(f"m/{i}.txt", 700) for i in range(3)} if completes else {}
+            assert local_files(out) == expected, block
+        assert SECRET_KEY not in everything_recorded(client, [], ops)
+
+
+def test_flow_run_page_shows_the_artifacts_in_chromium(ops, s3, bucket, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.fail("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
-    run_id = server.get("last_run")
-    assert run_id, "needs the deployed run of test_deployed_run_on_a_worker_with_credentials_block"
+    put(s3, bucket, "page/ok.txt", b"ok")
+    put(s3, bucket, "page/denied.txt", b"no")
+    s3.add_fault(bucket, "page/denied.txt", "status", status=403, code="AccessDenied")
+    started = start_run(ops, "object-download/s3-download", {"params": store_params(s3, bucket, "page/", tmp_path)})
+    with client_for(ops["api"]) as client:
+        wait_final(client, started.id)
     ARTIFACTS.mkdir(exist_ok=True)
-    url = f"http://127.0.0.1:{server['port']}/runs/flow-run/{run_id}"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="networkidle")
+        page.goto(f"http://127.0.0.1:{ops['port']}/runs/flow-run/{started.id}", wait_until="networkidle")
+        page.get_by_text("Failed").first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "flow-run-page.png"))
         page.get_by_text("Artifacts", exact=True).first.click()
         page.get_by_text("download-summary").first.wait_for(timeout=30_000)
-        page.get_by_text("download-failures").first.wait_for(timeout=30_000)
+        page.get_by_text("download-failed-csv").first.wait_for(timeout=30_000)
+        assert "Can't connect" not in page.content()
         page.screenshot(path=str(ARTIFACTS / "flow-run-artifacts.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "flow-run-artifacts.png").stat().st_size > 10_000

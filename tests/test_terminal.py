@@ -16,9 +16,9 @@ import pexpect
 import pyte
 import pytest
 
-from tests.conftest import ROOT, run_cli
 from tasks.report import human_bytes
-from tests.test_download import body, local_files, put
+from tests.conftest import ROOT, run_cli
+from tests.test_download import body, leftovers, local_files, put
 
 DOWN, ENTER, BACKSPACE, CTRL_C = "\x1b[B", "\r", "\x7f", "\x03"
 ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
@@ -235,7 +235,7 @@ def test_ctrl_c_on_the_default_path_stops_within_5_s_records_crashed_and_resumes
     assert local_files(out) == {k[len("data/"):]: body(k, 30_000) for k in keys}
     refetched = [k for k in finished if s3.get_count(bucket, k) > got_before[k]]
     assert len(refetched) <= 2 * 2, refetched
-    assert not list(out.rglob(".ossdl-*"))
+    assert leftovers(out) == []
     assert not processes_with(f"PREFECT_HOME={tmp_path / 'prefect-home'}")
 
 

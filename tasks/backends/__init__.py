@@ -9,12 +9,14 @@ from tasks.keys import RemoteObject
 from tasks.transfer import Signer
 
 PAGE_SIZE = 1000
+CHECK_ATTEMPTS = 3  # the pre-flight listing request, before a run starts
 
 
 @dataclass(slots=True)
 class Page:
     objects: list[RemoteObject]
     next_token: str | None = None
+    truncated: bool = False  # the store says more follows (and then next_token must say from where)
 
 
 @dataclass(slots=True)
@@ -41,15 +43,18 @@ def clip(page: Page, end_before: str) -> Page:
     """Cut a page at the shard's upper bound; listing is in key order, so nothing after it is ours."""
     if not end_before or not page.objects or page.objects[-1].key < end_before:
         return page
-    return Page([o for o in page.objects if o.key < end_before], None)
+    return Page([o for o in page.objects if o.key < end_before])
 
 
 class Backend(Protocol):
+    ordered: bool  # keys come in strictly increasing order (object stores): the listing guard checks it
+
     def check(self) -> None:
         """Raise UsageError with one clear line if the bucket cannot be listed."""
 
     def list_page(self, token: str | None) -> Page:
-        """One listing page (at most PAGE_SIZE keys) after `token` (None: the first page)."""
+        """One listing page (at most PAGE_SIZE keys) after `token` (None: the first page), one request:
+        failures are raised as they are (tasks/listing.py classifies and retries them)."""
 
     def signer(self, key: str) -> Signer:
         """A function giving a fresh signed GET URL for the key."""

@@ -8,8 +8,8 @@ import oss2
 import oss2.exceptions as ox
 from oss2.credentials import StaticCredentialsProvider
 
-from tasks.backends import PAGE_SIZE, Page, StoreConfig, clip
-from tasks.errors import HTTPStatusError, UsageError
+from tasks.backends import CHECK_ATTEMPTS, PAGE_SIZE, Page, StoreConfig, clip
+from tasks.errors import HTTPStatusError, UsageError, retrying_sync
 from tasks.keys import RemoteObject
 
 URL_TTL = 3600
@@ -34,6 +34,8 @@ def oss_credentials(config: StoreConfig) -> tuple[str, str, str]:
 
 
 class OssBackend:
+    ordered = True
+
     def __init__(self, config: StoreConfig):
         if not config.endpoint:
             raise UsageError("--endpoint is required for --backend oss (e.g. https://oss-cn-hangzhou.aliyuncs.com)")
@@ -67,18 +69,21 @@ class OssBackend:
         return exc
 
     def check(self) -> None:
-        self.list_page(None, limit=1)
-
-    def list_page(self, token: str | None, limit: int = PAGE_SIZE) -> Page:
         try:
-            result = self.bucket.list_objects_v2(prefix=self.config.prefix, continuation_token=token or "",
-                                                 start_after="" if token else self.config.start_after,
-                                                 max_keys=limit)
+            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
+                with attempt:
+                    self.list_page(None, limit=1)
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
-        objects = [RemoteObject(o.key, o.size, (o.etag or "").strip('"'), o.storage_class or "")
-                   for o in result.object_list]
-        page = Page(objects, result.next_continuation_token if result.is_truncated else None)
+
+    def list_page(self, token: str | None, limit: int = PAGE_SIZE) -> Page:
+        result = self.bucket.list_objects_v2(prefix=self.config.prefix, continuation_token=token or "",
+                                             start_after="" if token else self.config.start_after,
+                                             max_keys=limit)
+        objects = [RemoteObject(o.key, o.size, (o.etag or "").strip('"'), o.storage_class or "",
+                                modified=o.last_modified or "") for o in result.object_list]
+        truncated = bool(result.is_truncated)
+        page = Page(objects, (result.next_continuation_token or None) if truncated else None, truncated)
         return clip(page, self.config.end_before)
 
     def signer(self, key: str):

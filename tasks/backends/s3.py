@@ -8,9 +8,9 @@ import boto3
 import botocore.exceptions as bx
 from botocore.config import Config
 
-from tasks.backends import PAGE_SIZE, Page, StoreConfig, clip
+from tasks.backends import CHECK_ATTEMPTS, PAGE_SIZE, Page, StoreConfig, clip
 from tasks.backends.sigv4 import FastPresigner
-from tasks.errors import HTTPStatusError, UsageError
+from tasks.errors import HTTPStatusError, UsageError, retrying_sync
 from tasks.keys import RemoteObject
 
 URL_TTL = 3600
@@ -39,12 +39,14 @@ def client_settings(config: StoreConfig) -> tuple[dict, Config]:
         max_pool_connections=max(10, config.concurrency),
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "total_max_attempts": 1},  # the product's one retry policy retries
     )
     return kwargs, cfg
 
 
 class S3Backend:
+    ordered = True
+
     def __init__(self, config: StoreConfig):
         self.config = config
         kwargs, cfg = client_settings(config)
@@ -80,7 +82,12 @@ class S3Backend:
         return exc
 
     def check(self) -> None:
-        self.list_page(None, limit=1)
+        try:
+            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
+                with attempt:
+                    self.list_page(None, limit=1)
+        except Exception as exc:  # noqa: BLE001 - translated into one clear line
+            raise self._explain(exc) from None
 
     def list_page(self, token: str | None, limit: int = PAGE_SIZE) -> Page:
         args = {"Bucket": self.config.bucket, "Prefix": self.config.prefix, "MaxKeys": limit}
@@ -88,13 +95,11 @@ class S3Backend:
             args["ContinuationToken"] = token
         elif self.config.start_after:
             args["StartAfter"] = self.config.start_after
-        try:
-            resp = self.client.list_objects_v2(**args)
-        except Exception as exc:  # noqa: BLE001 - translated into one clear line
-            raise self._explain(exc) from None
-        objects = [RemoteObject(o["Key"], o["Size"], o.get("ETag", "").strip('"'), o.get("StorageClass", ""))
-                   for o in resp.get("Contents", ())]
-        page = Page(objects, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+        resp = self.client.list_objects_v2(**args)
+        objects = [RemoteObject(o["Key"], o["Size"], o.get("ETag", "").strip('"'), o.get("StorageClass", ""),
+                                modified=o.get("LastModified", "")) for o in resp.get("Contents", ())]
+        truncated = bool(resp.get("IsTruncated"))
+        page = Page(objects, resp.get("NextContinuationToken") if truncated else None, truncated)
         return clip(page, self.config.end_before)
 
     def signer(self, key: str):

@@ -1,0 +1,149 @@
+"""The engine's integrity rules, one by one, against the OSS-protocol server (real HTTP, signed URLs, lies on
+demand): size, ranges, versions of partial files, the low-speed limit. No Prefect here."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import aiohttp
+import pytest
+
+from infra import oss_server
+from tasks.backends import StoreConfig
+from tasks.backends.oss import OssBackend
+from tasks.errors import DownloadError, IntegrityError, TooSlow
+from tasks.transfer import SMALL_BODY, Engine, bare_etag
+from tasks.workarea import Output
+
+
+@pytest.fixture
+def world(oss, tmp_path):
+    bucket = "e-" + uuid.uuid4().hex[:10]
+    oss.create_bucket(bucket)
+    backend = OssBackend(StoreConfig(backend="oss", bucket=bucket, endpoint=oss.endpoint, credentials={
+        "access_key_id": oss_server.ACCESS_KEY, "secret_access_key": oss_server.SECRET_KEY}))
+    engine = Engine(4, read_timeout=5, part_size=1 << 20, multipart_threshold=2 << 20, low_speed_limit=1000,
+                    low_speed_time=0.5).__enter__()
+    out = Output(tmp_path)
+
+    class World:
+        def put(self, key, data, **kw):
+            return bare_etag(oss.put(bucket, key, data, **kw))
+
+        def fetch(self, key, size, etag):
+            return engine.run(engine.fetch(backend.signer(key), out, key, size, etag))
+
+        def fault(self, key, kind, **kw):
+            oss.add_fault(bucket, key, kind, **kw)
+
+    w = World()
+    w.engine, w.out, w.root = engine, out, tmp_path
+    yield w
+    engine.close()
+    out.close()
+    oss.clear_faults()
+
+
+def partial(world, key):
+    return world.out.temp_name(key, "part"), world.out.temp_name(key, "meta")
+
+
+def test_a_short_body_with_a_matching_length_is_an_integrity_error(world):
+    for key, data in (("small", os.urandom(5000)), ("streamed", os.urandom(SMALL_BODY * 3))):
+        etag = world.put(key, data, multipart_parts=2)           # no MD5 to fall back on: size alone decides
+        world.fault(key, "short", times=1)
+        with pytest.raises(IntegrityError, match="size mismatch"):
+            world.fetch(key, len(data), etag)
+        assert not (world.root / key).exists()
+        world.fetch(key, len(data), etag)
+        assert (world.root / key).read_bytes() == data
+
+
+def test_an_object_of_another_size_than_listed_is_refused_before_its_body(world):
+    data = os.urandom(3000)
+    etag = world.put("resized", data)
+    with pytest.raises(IntegrityError, match="sending 3000 bytes, the listing said 2000"):
+        world.fetch("resized", 2000, etag)
+
+
+def test_an_object_changed_since_it_was_listed_is_refused(world):
+    old = world.put("changed", b"a" * 4000)
+    world.put("changed", b"b" * 4000)
+    with pytest.raises(DownloadError, match="changed since it was listed"):
+        world.fetch("changed", 4000, old)
+    assert not (world.root / "changed").exists()
+
+
+def test_a_partial_file_of_the_same_version_is_resumed_from_where_it_stopped(world):
+    data = os.urandom(SMALL_BODY * 4)
+    etag = world.put("r", data, multipart_parts=2)
+    world.fault("r", "truncate", times=1)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        world.fetch("r", len(data), etag)
+    part, meta = partial(world, "r")
+    have = (world.root / ".ossdl" / part).stat().st_size
+    assert 0 < have < len(data) and (world.root / ".ossdl" / meta).exists()
+    before = world.engine.bytes_done
+    world.fetch("r", len(data), etag)
+    assert world.engine.bytes_done - before == len(data) - have    # only the rest was fetched
+    assert (world.root / "r").read_bytes() == data and not (world.root / ".ossdl" / part).exists()
+
+
+def test_a_partial_file_of_another_version_is_discarded(world):
+    old, new = os.urandom(SMALL_BODY * 4), os.urandom(SMALL_BODY * 4)
+    old_etag = world.put("v", old, multipart_parts=2)
+    world.fault("v", "truncate", times=1)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        world.fetch("v", len(old), old_etag)
+    new_etag = world.put("v", new, multipart_parts=2)               # re-uploaded, same size
+    before = world.engine.bytes_done
+    world.fetch("v", len(new), new_etag)
+    assert world.engine.bytes_done - before == len(new)              # started over
+    assert (world.root / "v").read_bytes() == new
+
+
+def test_a_resume_answered_with_other_bytes_is_discarded_and_fails_once(world):
+    data = os.urandom(SMALL_BODY * 4)
+    etag = world.put("w", data, multipart_parts=2)
+    world.fault("w", "truncate", times=1)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        world.fetch("w", len(data), etag)
+    world.fault("w", "wrong_range", times=1, shift=7)
+    with pytest.raises(IntegrityError, match="other bytes than asked for"):
+        world.fetch("w", len(data), etag)
+    part, meta = partial(world, "w")
+    assert not (world.root / ".ossdl" / part).exists()
+    world.fetch("w", len(data), etag)
+    assert (world.root / "w").read_bytes() == data
+
+
+@pytest.mark.parametrize("kind, message", [("wrong_range", "another range"), ("ignore_range", "ignored the Range"),
+                                           ("short", "size mismatch")])
+def test_ranged_parts_must_be_exactly_the_ranges_asked_for(world, kind, message):
+    data = os.urandom(3 << 20)                                       # 3 parts of 1 MiB
+    etag = world.put("p", data, multipart_parts=3)
+    world.fault("p", kind, times=1)
+    with pytest.raises(IntegrityError, match=message):
+        world.fetch("p", len(data), etag)
+    assert not (world.root / "p").exists() and os.listdir(world.root / ".ossdl") == ["lock"]
+    world.fetch("p", len(data), etag)
+    assert (world.root / "p").read_bytes() == data
+
+
+def test_a_trickle_is_too_slow_for_small_and_streamed_bodies(world):
+    for key, size, chunk in (("ts", 3000, 1), ("tl", SMALL_BODY * 2, 100)):
+        data = os.urandom(size)
+        etag = world.put(key, data)
+        world.fault(key, "trickle", times=1, chunk=chunk, seconds=0.3)
+        with pytest.raises(TooSlow, match="too slow"):
+            world.fetch(key, size, etag)
+        world.fetch(key, size, etag)
+        assert (world.root / key).read_bytes() == data
+
+
+def test_the_local_file_keeps_the_stores_time(world):
+    data = b"t" * 100
+    etag = world.put("time", data)
+    got = world.fetch("time", len(data), etag)
+    st = os.stat(world.root / "time")
+    assert got.mtime_ns == st.st_mtime_ns and st.st_mtime_ns % 1_000_000_000 == 0   # Last-Modified: seconds
