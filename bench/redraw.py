@@ -3,7 +3,7 @@ redraws/s) against the same run with output to a pipe, alternating, on the bench
 
     python -m bench.redraw [--objects 5000] [--rounds 3]
 
-Compares the flow's own `seconds` (listing + downloads, without process start-up) and counts the redraws.
+Compares the summary's `time` (the whole command's) and counts the redraws.
 """
 from __future__ import annotations
 
@@ -24,7 +24,15 @@ from bench.seaweed import ACCESS_KEY, REGION, SECRET_KEY, Weed
 from bench.seed import BUCKET, scenarios, seed
 
 HERE = Path(__file__).resolve().parent
-SECONDS = re.compile(rb"seconds\s+([0-9.]+)")
+SECONDS = re.compile(rb"time\s+(?:(\d+) min (\d+) s|([0-9.]+) s)")
+
+
+def summary_seconds(out: bytes) -> float:
+    found = SECONDS.findall(out)
+    if not found:
+        return float("nan")
+    minutes, secs, plain = found[-1]
+    return float(plain) if plain else int(minutes) * 60 + int(secs)
 
 
 def run_on_pty(argv: list[str], env: dict) -> tuple[bytes, float]:
@@ -67,24 +75,22 @@ def main() -> int:
                         "--concurrency", str(args.concurrency), "--yes"]
                 if mode == "tty":
                     out, _ = run_on_pty(argv, env)
-                    found = SECONDS.findall(out)
                     # rich redraws the live block by moving the cursor up: one "\x1b[1A" run per frame.
                     frames = len(re.findall(rb"\r\x1b\[2K(?:\x1b\[1A\x1b\[2K)*", out))
-                    flow_s = float(found[-1]) if found else float("nan")
-                    redraws.append(frames / max(flow_s, 1e-6))
+                    command_s = summary_seconds(out)
+                    redraws.append(frames / max(command_s, 1e-6))
                 else:
                     res = subprocess.run(argv, env=env, capture_output=True, cwd=HERE.parent)
-                    found = SECONDS.findall(res.stdout)
-                    flow_s = float(found[-1]) if found else float("nan")
+                    command_s = summary_seconds(res.stdout)
                 files = sum(1 for p in out_dir.rglob("*.bin"))
                 shutil.rmtree(out_dir, ignore_errors=True)
                 if files != sc.count:
                     print(f"{mode}: only {files}/{sc.count} files", file=sys.stderr)
                     return 1
-                times[mode].append(flow_s)
-                print(f"{mode:4}  flow {flow_s:6.2f} s", flush=True)
+                times[mode].append(command_s)
+                print(f"{mode:4}  command {command_s:6.2f} s", flush=True)
     tty, pipe = statistics.median(times["tty"]), statistics.median(times["pipe"])
-    print(f"median flow seconds: tty {tty:.2f}, pipe {pipe:.2f}, ratio {tty / pipe:.3f};"
+    print(f"median command seconds: tty {tty:.2f}, pipe {pipe:.2f}, ratio {tty / pipe:.3f};"
           f" redraws/s (median) {statistics.median(redraws):.1f}")
     return 0
 

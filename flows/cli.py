@@ -1,4 +1,7 @@
-"""Command line of the download flow: flags (or answers on a terminal) → DownloadParams → flow run → exit code."""
+"""Command line of the download flow: flags (or answers on a terminal) → DownloadParams → flow run → exit code.
+
+The command owns its console: Prefect's own console lines go only to the flow run's logs in Prefect, and
+without PREFECT_API_URL the temporary Prefect server runs in a session of its own (flows/local_server.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,41 +9,121 @@ import logging
 import os
 import signal
 import sys
+import time
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+STARTED = time.monotonic()  # the summary's time is the whole command's
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_EMPTY = 3  # --fail-if-empty and nothing was selected
+SERVER_START_TIMEOUT = 90.0
+RESUMES = "the same command resumes where this run stopped"
+
+EPILOG = """\
+examples:
+  # everything under a prefix, no questions
+  {prog} --endpoint http://127.0.0.1:9000 --bucket photos --prefix 2024/ --output ./photos --yes
+  # Aliyun OSS: what would come, images only
+  {prog} --backend oss --endpoint https://oss-cn-hangzhou.aliyuncs.com --bucket my-bucket \
+      --prefix data/ --include-suffix '*.jpg,*.png' --dry-run
+  # on a terminal: asks for what is missing, previews, then confirms
+  {prog}
+
+credentials (never as flags):
+  s3   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), or --profile, or ~/.aws files
+  oss  OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET (+ OSS_SESSION_TOKEN)
+  or --credentials-block NAME; on a terminal they are asked when none are found (never saved)
+
+Prefect:
+  every run is a Prefect flow run. PREFECT_API_URL=http://HOST:4200/api records it in a running server;
+  unset, a temporary local server is started for the run (about 10 s more).
+
+exit codes:
+  0    every selected object is present locally (also when nothing was selected: a warning says why)
+  1    some objects failed: see <output>/.oss-failed.csv (key,last_error,retry_count)
+  2    bad input, or the store or output folder cannot be used (one line on stderr)
+  3    nothing was selected and --fail-if-empty was given
+  130  interrupted (Ctrl-C): the same command resumes where it stopped
+  143  stopped by SIGTERM (a scheduler, kill): the same command resumes
+"""
 
 
-def build_parser(prog: str = "python -m flows.download") -> argparse.ArgumentParser:
+def _prog() -> str:
+    name = os.path.basename(sys.argv[0] or "")
+    return name if name and not name.endswith(".py") and name != "-c" else "python -m flows.download"
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("oss-bulk-downloader")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     # SUPPRESS: only flags actually given appear, so on a terminal the rest can be asked; defaults live in
     # DownloadParams (one place for the CLI, the UI form and deployments).
-    p = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS,
-                                description="Download every object under a bucket/prefix; reruns resume."
-                                            " On a terminal, missing values are asked.")
-    p.add_argument("--backend", choices=["s3", "oss"], help="default: s3")
-    p.add_argument("--endpoint", help="endpoint URL (empty: AWS S3)")
-    p.add_argument("--bucket")
-    p.add_argument("--prefix")
-    p.add_argument("--output", help="default: ./downloads")
-    p.add_argument("--concurrency", type=int, help="requests in flight at most, 1-256 (default 5)")
-    p.add_argument("--include-suffix", help="comma-separated, e.g. .jpg,.png")
-    p.add_argument("--dry-run", action="store_true", help="list and preview only")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--max-attempts", type=int, help="attempts per object in all (default 3)")
-    p.add_argument("--region")
-    p.add_argument("--profile")
-    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
-    p.add_argument("--cname", action="store_true", help="OSS: the endpoint is a custom domain of the bucket")
-    p.add_argument("--connect-timeout", type=float, help="seconds (default 10)")
-    p.add_argument("--read-timeout", type=float, help="seconds, 0 = none (default 60)")
-    p.add_argument("--low-speed-limit", type=float,
-                   help="bytes/s; a download slower than this for --low-speed-time fails as too slow (default"
-                        " 1024, 0 = none)")
-    p.add_argument("--low-speed-time", type=float, help="seconds (default 60)")
-    p.add_argument("--retry-backoff", type=float, help="first wait of round 2, seconds (default 1)")
-    p.add_argument("--max-requests-per-second", type=float, help="cap request starts per second")
-    p.add_argument("--credentials-block", help="name of a Prefect Secret block with the store's credentials")
+    # Another command built on these flags (flows/sharded.py) names itself; the examples are this one's.
+    epilog = None if prog else EPILOG.format(prog=_prog())
+    p = argparse.ArgumentParser(
+        prog=prog or _prog(), argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Download every object under a bucket/prefix to a local folder; reruns resume.\n"
+                    "On a terminal, missing values are asked and a preview is confirmed first.",
+        epilog=epilog)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    where = p.add_argument_group("what to download")
+    where.add_argument("--backend", choices=["s3", "oss"],
+                       help="s3: any S3-compatible store (boto3); oss: Aliyun OSS (oss2). Default: s3")
+    where.add_argument("--endpoint", metavar="URL",
+                       help="the store's URL, e.g. http://127.0.0.1:9000 or https://oss-cn-hangzhou.aliyuncs.com;"
+                            " empty or not given: AWS S3 (s3 only)")
+    where.add_argument("--bucket", metavar="NAME", help="the bucket (required)")
+    where.add_argument("--prefix", metavar="P",
+                       help="only keys starting with P, e.g. data/2024/ (keys rarely start with '/');"
+                            " default: the whole bucket")
+    where.add_argument("--include-suffix", metavar="LIST",
+                       help="comma-separated suffixes or glob patterns, case-insensitive: .jpg,.png or"
+                            " '*.jpg,photos/**/*.png' (* within a folder name, ** across folders); default: all")
+    where.add_argument("--output", metavar="DIR",
+                       help="local folder; keys land below it without the prefix's folder part."
+                            " Default: ./downloads")
+    run = p.add_argument_group("how")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list and preview (count, size, already present, to fetch, largest, first keys);"
+                          " download and create nothing")
+    run.add_argument("--yes", action="store_true", help="on a terminal, do not ask to confirm the preview")
+    run.add_argument("--fail-if-empty", action="store_true",
+                     help="exit 3 (and fail the flow run) when nothing is selected; default: warn, exit 0")
+    run.add_argument("--concurrency", type=int, metavar="N",
+                     help="requests in flight at most, listing included, 1-256. Default: 5")
+    run.add_argument("--max-attempts", type=int, metavar="N",
+                     help="attempts per object in all, round 1 + round 2, 1-10. Default: 3")
+    run.add_argument("--retry-backoff", type=float, metavar="S",
+                     help="first wait of round 2's exponential backoff, seconds. Default: 1")
+    run.add_argument("--connect-timeout", type=float, metavar="S", help="per request, seconds. Default: 10")
+    run.add_argument("--read-timeout", type=float, metavar="S",
+                     help="seconds without data before a request fails, 0 = none. Default: 60")
+    run.add_argument("--low-speed-limit", type=float, metavar="B",
+                     help="bytes/s; a download slower than this for --low-speed-time fails as too slow and is"
+                          " retried (curl's rule), 0 = none. Default: 1024")
+    run.add_argument("--low-speed-time", type=float, metavar="S",
+                     help="seconds a download may stay below --low-speed-limit. Default: 60")
+    run.add_argument("--max-requests-per-second", type=float, metavar="R",
+                     help="space request starts to at most R per second (stores that throttle); default: no cap")
+    store = p.add_argument_group("store options")
+    store.add_argument("--region", metavar="NAME",
+                       help="signing region (S3; OSS: switches to V4 signatures, e.g. cn-hangzhou)")
+    store.add_argument("--profile", metavar="NAME", help="S3: a named profile from ~/.aws/config")
+    store.add_argument("--addressing-style", choices=["auto", "path", "virtual"],
+                       help="S3 bucket addressing. Default: auto")
+    store.add_argument("--cname", action="store_true", help="OSS: the endpoint is a custom domain bound to the bucket")
+    store.add_argument("--credentials-block", metavar="NAME",
+                       help="a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
+                            " or a Secret holding JSON {access_key_id, secret_access_key, session_token};"
+                            " 'type/name' picks one type")
     return p
 
 
@@ -51,11 +134,13 @@ def validated(model, values: dict):
     except ValidationError as exc:
         first = exc.errors()[0]
         flag = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
-        raise ValueError(f"{flag}: {first['msg']}") from None
+        raise ValueError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def params_from_values(values: dict):
     from flows.params import DownloadParams
+    if not values.get("endpoint"):  # documented: empty means AWS S3
+        values = {k: v for k, v in values.items() if k != "endpoint"}
     return validated(DownloadParams, values)
 
 
@@ -63,8 +148,18 @@ def params_from_args(args: argparse.Namespace, exclude=("yes",)):
     return params_from_values({k: v for k, v in vars(args).items() if k not in exclude})
 
 
+@dataclass
+class Session:
+    """What one command has going: whether downloads started (what Ctrl-C means) and its temporary server."""
+    downloading: bool = False
+    server: object | None = None
+    started: float = STARTED
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Before Prefect is imported: no telemetry banner or events from a download tool (the user may opt in).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     yes = given.pop("yes", False)
@@ -73,7 +168,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("error: --bucket is required", file=sys.stderr)
         return EXIT_USAGE
-    return exit_code(lambda: _run(given, yes, terminal))
+    session = Session()
+    _on_ctrl_c(session)
+    return exit_code(lambda: _run(given, yes, terminal, session),
+                     interrupted=lambda: (f"interrupted: finished files are kept; {RESUMES}" if session.downloading
+                                          else "interrupted: nothing was downloaded"))
+
+
+def _on_ctrl_c(session: Session) -> None:
+    """The first Ctrl-C stops the run in order (KeyboardInterrupt: what finished is recorded, the flow run ends
+    Crashed); a second one, while that happens, exits at once."""
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, second)
+        raise KeyboardInterrupt
+
+    def second(signum, frame):
+        os.write(2, f"\ninterrupted again: stopped at once; {RESUMES}\n".encode())
+        if session.server is not None:
+            session.server.stop(wait=0)
+        os._exit(EXIT_INTERRUPTED)
+    signal.signal(signal.SIGINT, first)
 
 
 _terminated = False
@@ -86,10 +200,11 @@ def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def exit_code(run) -> int:
-    """Run a command body and map what escapes it to the exit codes (2 usage, 130 Ctrl-C, 143 SIGTERM,
-    1 otherwise), with one line on stderr and never a traceback."""
-    from tasks.errors import ObjectsFailed, UsageError
+def exit_code(run, interrupted=None) -> int:
+    """Run a command body and map what escapes it to the exit codes (2 usage, 3 nothing selected with
+    --fail-if-empty, 130 Ctrl-C, 143 SIGTERM, 1 otherwise), with one line on stderr and never a traceback.
+    `interrupted()`: what to say on Ctrl-C."""
+    from tasks.errors import NothingSelected, ObjectsFailed, UsageError
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return run()
@@ -98,11 +213,15 @@ def exit_code(run) -> int:
     except (ValueError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NothingSelected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_EMPTY
     except KeyboardInterrupt:
         if _terminated:
-            print("\nstopped (SIGTERM): the same command resumes where this run stopped", file=sys.stderr)
+            print(f"\nstopped (SIGTERM): {RESUMES}", file=sys.stderr)
             return EXIT_TERMINATED
-        print("\ninterrupted: the same command resumes where this run stopped", file=sys.stderr)
+        message = interrupted() if interrupted else f"interrupted: {RESUMES}"
+        print(f"\n{message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         print(f"error: {exc}", file=sys.stderr)
@@ -117,11 +236,43 @@ def print_result(result) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _run(given: dict, yes: bool, terminal: bool) -> int:
+def _run(given: dict, yes: bool, terminal: bool, session: Session) -> int:
+    params, backend = _params_checked(given, terminal, session)
+    if not params.dry_run:
+        from tasks.keys import prepare_output
+        prepare_output(params.output)
+    session.server = _start_temporary_server()
+    display = None
+    if terminal and not params.dry_run:
+        preview = _preview_on_terminal(backend, params)
+        if not preview.to_fetch:
+            return _nothing_to_fetch(preview, params)
+        if not yes:
+            if not _terminal().confirm(preview):
+                print("cancelled: nothing downloaded", file=sys.stderr)
+                return EXIT_OK
+            session.started = time.monotonic()  # the person's thinking time is not the command's
+        display = _terminal().RichDisplay(_console(), preview)
+    download_objects = _prefect_ready(session.server, terminal)
+    from tasks.progress import LineDisplay, use_display
+    display = display or LineDisplay()
+    use_display(display)
+    session.downloading = not params.dry_run
+    from tasks.errors import ObjectsFailed
+    with display:
+        try:
+            result = download_objects(params)
+        except ObjectsFailed as exc:  # the run finished and its flow run is Failed: the summary says why
+            result = exc.summary
+    session.downloading = False
+    return _report(result, params, session, display)
+
+
+def _params_checked(given: dict, terminal: bool, session: Session):
+    """The parameters (asked on a terminal when --bucket is missing) and a backend that can list the bucket.
+    Checked before Prefect starts: bad input costs no flow run and shows no traceback."""
     from tasks.backends import make_backend
     from tasks.errors import UsageError
-    from tasks.keys import prepare_output
-
     asking = terminal and "bucket" not in given
     values = _terminal().ask(given) if asking else given
     while True:
@@ -129,7 +280,6 @@ def _run(given: dict, yes: bool, terminal: bool) -> int:
         if terminal:
             _terminal().ask_credentials(params.backend)
         try:
-            # Checked before Prefect starts: bad input costs no flow run and shows no traceback.
             backend = make_backend(params.store_config())
             backend.check()
             break
@@ -137,42 +287,116 @@ def _run(given: dict, yes: bool, terminal: bool) -> int:
             if not asking:
                 raise
             values = _terminal().ask(given, reason=str(exc))
-    output = prepare_output(params.output)
+    if asking:
+        session.started = time.monotonic()
+    return params, backend
 
-    display = None
-    if terminal and not params.dry_run:
-        display = _confirm_on_terminal(backend, params, output, yes)
-        if display is None:
-            print("cancelled: nothing downloaded", file=sys.stderr)
-            return EXIT_OK
-    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-    from flows.download import download_objects
-    from tasks.progress import use_display
-    if display:
-        use_display(display)
-        with display:
-            result = download_objects(params)
+
+def _report(result, params, session: Session, display) -> int:
+    from tasks.report import Summary, nothing_selected
+    if isinstance(result, Summary):
+        print(result.text(seconds=time.monotonic() - session.started,
+                          active_seconds=getattr(display, "active_seconds", None)))
     else:
-        result = download_objects(params)
-    return print_result(result)
+        print(result.text())
+    if getattr(result, "incomplete", ""):
+        print(f"error: {result.incomplete}", file=sys.stderr)
+    why = nothing_selected(result, params)
+    if why:  # with fail_if_empty the flow raised instead (exit 3)
+        print(f"warning: {why}", file=sys.stderr)
+    return EXIT_OK if getattr(result, "ok", True) else EXIT_FAILED
 
 
-def _confirm_on_terminal(backend, params, output, yes: bool):
-    """Preview what will be downloaded, ask to confirm (unless --yes); the live display, or None."""
-    from rich.console import Console
+def _preview_on_terminal(backend, params):
+    from pathlib import Path
 
     from tasks.batch import Plan
     from tasks.keys import parse_suffixes, prefix_folder
-    terminal = _terminal()
-    console = Console(stderr=True, highlight=False)
-    plan = Plan(output, prefix_folder(params.prefix), parse_suffixes(params.include_suffix), run_id="preview",
-                shard=params.shard)
-    with console.status("listing…"):
-        found = terminal.scan(backend, plan)
-    terminal.show_preview(console, found)
-    if not yes and not terminal.confirm(found):
+    console = _console()
+    plan = Plan(Path(params.output).expanduser().resolve(), prefix_folder(params.prefix),
+                parse_suffixes(params.include_suffix), run_id="preview", max_attempts=params.max_attempts,
+                retry_backoff=params.retry_backoff, shard=params.shard, prefix=params.prefix)
+    with console.status(f"listing {params.backend}://{params.bucket}/{params.prefix} …"):
+        preview = _terminal().scan(backend, plan)
+    _terminal().show_preview(console, preview)
+    return preview
+
+
+def _nothing_to_fetch(preview, params) -> int:
+    """On a terminal the preview already knows: no flow run for nothing."""
+    from tasks.report import nothing_selected
+    why = nothing_selected(preview, params)
+    if why and params.fail_if_empty:
+        print(f"error: {why}", file=sys.stderr)
+        return EXIT_EMPTY
+    if why:
+        print(f"warning: {why}", file=sys.stderr)
+    else:
+        print(f"nothing to download: all {preview.count} objects are already present in {params.output}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _start_temporary_server():
+    """Without a Prefect API to report to, start a temporary server now, in a session of its own; it gets
+    ready while the command lists and asks. None when PREFECT_API_URL (or the profile) names a server."""
+    from prefect.settings import get_current_settings
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
         return None
-    return terminal.RichDisplay(console, found.preview.count, found.bytes_to_fetch)
+    import atexit
+
+    from flows.local_server import TemporaryServer
+    server = TemporaryServer().start()
+    atexit.register(server.stop)  # registered before Prefect's own exit hooks, so it runs after them
+    return server
+
+
+def _prefect_ready(server, terminal: bool):
+    """The flow, with Prefect quiet on the console and, when needed, the temporary server answering."""
+    message = "starting a temporary Prefect server for this run (PREFECT_API_URL is not set) …"
+    if server is not None and terminal:
+        with _console().status(message):
+            server.wait_ready(SERVER_START_TIMEOUT)
+    elif server is not None:
+        print(message, file=sys.stderr, flush=True)
+        server.wait_ready(SERVER_START_TIMEOUT)
+    if server is not None:
+        from prefect.context import refresh_global_settings_context
+        os.environ["PREFECT_API_URL"] = server.api_url
+        refresh_global_settings_context()
+    from flows.download import download_objects
+    _quiet_prefect()
+    return download_objects
+
+
+class _OtherWarnings(logging.Handler):
+    """Instead of Prefect's console handler on the root logger: other libraries' warnings, one line each
+    (through rich's redirection while the live display runs); Prefect's records stay in its API logs."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith("prefect"):
+            print(f"warning: {record.name}: {record.getMessage()}", file=sys.stderr)
+
+
+def _quiet_prefect() -> None:
+    from prefect.logging.handlers import APILogHandler
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in list(getattr(logger, "handlers", [])):
+            if not isinstance(handler, APILogHandler) and isinstance(handler, logging.StreamHandler):
+                logger.removeHandler(handler)
+    logging.getLogger().addHandler(_OtherWarnings())
+    # One task run per listing page or batch: their "Finished in state Completed()" is noise in the run's logs.
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True, highlight=False)
 
 
 def _terminal():

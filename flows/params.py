@@ -58,6 +58,9 @@ class DownloadParams(BaseModel):
     end_before: str = Field("", title="Shard end (exclusive)", description="Only keys before this one.")
     shard: str | None = Field(None, title="Shard name", pattern=r"^[A-Za-z0-9_-]{1,64}$",
                               description="Set by the sharded flow: its own manifest and failure CSV.")
+    fail_if_empty: bool = Field(False, title="Fail if nothing is selected",
+                                description="Fail the run (CLI: exit 3) when the prefix lists no objects or the"
+                                            " suffix filter leaves none; otherwise it only warns.")
 
     @field_validator("include_suffix", mode="before")
     @classmethod

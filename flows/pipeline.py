@@ -10,11 +10,11 @@ from prefect.futures import wait
 
 from tasks import download_tasks as units
 from tasks.backends import Backend
-from tasks.batch import Plan, Run, Tally, select
+from tasks.batch import Plan, Run, Tally
 from tasks.errors import ListingError
 from tasks.listing import pages
 from tasks.progress import Progress
-from tasks.report import Preview, Summary
+from tasks.report import Preview, Summary, earlier_run
 from tasks.transfer import Engine
 
 BATCH_WORKERS = 4
@@ -68,7 +68,8 @@ def download_all(run: Run) -> Summary:
 
 def preview_all(backend: Backend, engine: Engine, plan: Plan) -> Preview:
     preview = Preview()
-    for page in pages(backend, lambda token, page_no: units.list_page(backend, engine, plan, token, page_no)):
-        preview.add(*select(page.objects, plan))
+    with earlier_run(plan) as (manifest, out):
+        for page in pages(backend, lambda token, page_no: units.list_page(backend, engine, plan, token, page_no)):
+            preview.add_page(page.objects, plan, manifest, out)
     units.publish_preview(preview)
     return preview

@@ -65,13 +65,16 @@ class Live:
     failed: int = 0
     listed: int = 0
     phase: str = "listing and downloading"
+    retrying: int = 0  # round 2: objects it retries, and how many of them it has finished (either way)
+    retried: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, done: int = 0, failed: int = 0, listed: int = 0) -> None:
+    def add(self, done: int = 0, failed: int = 0, listed: int = 0, retried: int = 0) -> None:
         with self._lock:
             self.done += done
             self.failed += failed
             self.listed += listed
+            self.retried += retried
 
 
 class Halt:
@@ -222,7 +225,7 @@ async def _fetch_all(run: Run, items: list[tuple[RemoteObject, str]], outcomes: 
 def _settle(run: Run, outcome: Outcome, retried: bool = False) -> None:
     run.manifest.add([outcome], run.plan.run_id)
     if retried:
-        run.live.add(done=int(outcome.ok), failed=-int(outcome.ok))
+        run.live.add(done=int(outcome.ok), failed=-int(outcome.ok), retried=1)
     else:
         run.live.add(done=int(outcome.ok), failed=int(not outcome.ok))
 
@@ -255,6 +258,7 @@ def retry_failed(run: Run) -> Tally:
         rows = [r for r in rows if r.attempts < plan.max_attempts]
         if not rows or run.halt.reason is not None:
             continue
+        run.live.retrying += len(rows)
         outcomes: list[Outcome] = []
         try:
             run.engine.run(_retry_all(run, rows, outcomes))

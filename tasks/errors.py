@@ -20,6 +20,10 @@ class UsageError(Exception):
     """Bad input or an unusable store/output: the run cannot start. Exit 2, one line."""
 
 
+class NothingSelected(Exception):
+    """The run selected no object (fail_if_empty): a wrong prefix or filter must not look like success. Exit 3."""
+
+
 class DownloadError(Exception):
     """One request failed; `retryable` says whether another attempt may succeed."""
 

@@ -1,7 +1,9 @@
 """What gets downloaded and where it lands: key → local path, suffix filter, unsafe keys."""
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,13 +46,24 @@ def prefix_folder(prefix: str) -> str:
 
 
 def parse_suffixes(value: str | list[str] | None) -> tuple[str, ...]:
+    """The --include-suffix filter: comma-separated plain suffixes (`.jpg`, `png`) and glob patterns
+    (`*.jpg`, `photos/**/*.png`), lower-cased; ValueError naming a pattern that cannot be read."""
     items = value.split(",") if isinstance(value, str) else (value or [])
     out = []
     for item in items:
         item = item.strip().lower()
-        if item:
+        if not item:
+            continue
+        if is_glob(item):
+            _glob_regex(item)  # refuse a broken pattern now, not once per key
+            out.append(item)
+        else:
             out.append(item if item.startswith(".") else "." + item)
     return tuple(out)
+
+
+def is_glob(item: str) -> bool:
+    return any(c in item for c in "*?[")
 
 
 def is_folder_marker(key: str) -> bool:
@@ -58,7 +71,51 @@ def is_folder_marker(key: str) -> bool:
 
 
 def wanted(key: str, suffixes: tuple[str, ...]) -> bool:
-    return not suffixes or key.lower().endswith(suffixes)
+    return not suffixes or _matcher(suffixes)(key.lower())
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(suffixes: tuple[str, ...]):
+    plain = tuple(s for s in suffixes if not is_glob(s))
+    globs = [_glob_regex(s) for s in suffixes if is_glob(s)]
+    if not globs:
+        return lambda key: key.endswith(plain)
+    either = re.compile("|".join(f"(?:{g})" for g in globs))
+    return lambda key: key.endswith(plain) or either.search(key) is not None
+
+
+def _glob_regex(pattern: str) -> str:
+    """A glob as a regex matching the end of a key at a '/' boundary (as rclone does), so `*.jpg` means
+    any .jpg and `photos/**/*.png` any .png below any folder named photos: `*` and `?` stay within one
+    path segment, `**` crosses them, `**/` may also match no folder at all, `[...]` is a character class."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "^", "]") else i + 1)
+            if end < 0:
+                raise ValueError(f"unclosed '[' in pattern {pattern!r}")
+            body = pattern[i + 1:end]
+            if body[:1] in ("!", "^"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "(?:^|/)" + "".join(out) + "$"
 
 
 def relative_path(key: str, strip: str) -> str:

@@ -5,11 +5,14 @@ import csv
 import heapq
 import io
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from tasks.batch import Tally
-from tasks.keys import FAILED_CSV_NAME, RemoteObject
+from tasks.batch import Plan, Tally, not_present, select
+from tasks.errors import DownloadError
+from tasks.keys import FAILED_CSV_NAME, RemoteObject, target
 from tasks.manifest import Manifest
 from tasks.workarea import Output
 
@@ -56,9 +59,19 @@ class Summary:
         rows += [("note", note) for note in self.notes]
         return rows
 
-    def text(self) -> str:
-        width = max(len(name) for name, _ in self.rows())
-        lines = [f"  {name:<{width}}  {value}" for name, value in self.rows()]
+    def text(self, seconds: float | None = None, active_seconds: float | None = None) -> str:
+        """For people, in the progress display's units. `seconds`: the whole command's wall time (default: the
+        flow's); `active_seconds`: from the first byte to the last, for the speed (default: `seconds`)."""
+        seconds = self.seconds if seconds is None else seconds
+        active = active_seconds or seconds
+        rows = [(name, value) for name, value in self.rows()[:6]] + [
+            ("size", human_bytes(self.bytes)),
+            ("time", human_duration(seconds)),
+            ("speed", f"{human_bytes(self.bytes / active)}/s, {self.downloaded / active:.1f} objects/s"
+             if self.downloaded and active > 0 else "-"),
+        ] + ([("incomplete", self.incomplete)] if self.incomplete else []) + [("note", n) for n in self.notes]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"  {name:<{width}}  {value}" for name, value in rows]
         if self.failed_csv:
             lines.append(f"  failures listed in {self.failed_csv}")
         if self.zip_file:
@@ -99,18 +112,28 @@ def write_failed_csv(manifest: Manifest, run_id: str, out: Output, name: str = F
 
 @dataclass
 class Preview:
-    """Dry run: what would be downloaded."""
+    """What a run would download: the dry run's result and the interactive preview."""
     count: int = 0
     total_bytes: int = 0
     filtered_out: int = 0
     first: list[tuple[str, int]] = field(default_factory=list)
     largest: list[tuple[int, str]] = field(default_factory=list)
+    present: int = 0        # of `count`, already downloaded unchanged by an earlier run
+    present_bytes: int = 0
+
+    @property
+    def to_fetch(self) -> int:
+        return self.count - self.present
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        return self.total_bytes - self.present_bytes
 
     def add(self, tally: Tally, chosen: list[RemoteObject]) -> None:
         self.filtered_out += tally.filtered_out
         for obj in chosen:
             self.count += 1
-            self.total_bytes += obj.size
+            self.total_bytes += max(obj.size, 0)  # a source may not know a size (UNKNOWN_SIZE)
             if len(self.first) < 20:
                 self.first.append((obj.path or obj.key, obj.size))
             if len(self.largest) < 5:
@@ -118,18 +141,94 @@ class Preview:
             elif obj.size > self.largest[0][0]:
                 heapq.heapreplace(self.largest, (obj.size, obj.path or obj.key))
 
+    def add_page(self, objects: list[RemoteObject], plan: Plan, manifest: Manifest | None,
+                 out: Output | None) -> None:
+        """One listing page: what the plan selects, and how much of it is already here (an earlier run's
+        record, or the file itself: the same rule as the download's). `out` None: no output folder yet."""
+        tally, chosen = select(objects, plan)
+        self.add(tally, chosen)
+        if out is None:
+            return
+        todo = []
+        for obj in chosen:
+            try:
+                todo.append((obj, target(obj, plan.strip)))
+            except DownloadError:
+                pass  # an unsafe key is never present; the run reports it
+        fetch, _ = not_present(manifest or _NoRecords(), out, todo)
+        fresh = {obj.key for obj, _ in fetch}
+        for obj, _ in todo:
+            if obj.key not in fresh:
+                self.present += 1
+                self.present_bytes += max(obj.size, 0)
+
     def text(self) -> str:
-        lines = [f"Preview: {self.count} objects, {human_bytes(self.total_bytes)}"
-                 f" ({self.filtered_out} filtered out)"]
-        lines += [f"  {human_bytes(size):>10}  {key}" for key, size in self.first]
+        lines = [f"Preview: {objects(self.count)}, {human_bytes(self.total_bytes)} ({self.filtered_out} filtered out)",
+                 f"  already present  {objects(self.present)}, {human_bytes(self.present_bytes)}"
+                 " (from an earlier run)",
+                 f"  to download      {objects(self.to_fetch)}, {human_bytes(self.bytes_to_fetch)}"]
+        if self.largest:
+            lines.append("Largest:")
+            lines += [f"  {human_bytes(size):>10}  {key}" for size, key in sorted(self.largest, reverse=True)]
+        if self.first:
+            lines.append(f"First {len(self.first)} keys:")
+            lines += [f"  {human_bytes(size):>10}  {key}" for key, size in self.first]
         if self.count > len(self.first):
             lines.append(f"  ... and {self.count - len(self.first)} more")
         return "\n".join(lines)
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {md_cell(key)} | {size} |" for key, size in self.first)
-        return (f"**{self.count} objects, {human_bytes(self.total_bytes)}** ({self.filtered_out} filtered out)\n\n"
+        return (f"**{self.count} objects, {human_bytes(self.total_bytes)}** ({self.filtered_out} filtered out);"
+                f" {self.present} already present, {self.to_fetch} to download"
+                f" ({human_bytes(self.bytes_to_fetch)})\n\n"
                 f"| key | size (bytes) |\n|---|---|\n{rows}\n")
+
+
+class _NoRecords:
+    """No earlier run's manifest: nothing recorded (files already here are still recognised)."""
+
+    @staticmethod
+    def done_entries(keys):
+        return {}
+
+
+@contextmanager
+def earlier_run(plan: Plan) -> Iterator[tuple[Manifest | None, Output | None]]:
+    """What an earlier run left in the plan's output folder, opened only to look: its manifest (None when
+    there is none) and the folder (None when it does not exist). Creates nothing."""
+    if not plan.output.is_dir():
+        yield None, None
+        return
+    out = Output(plan.output, read_only=True)
+    manifest = Manifest(plan.output, plan.manifest_name) if (plan.output / plan.manifest_name).is_file() else None
+    try:
+        yield manifest, out
+    finally:
+        if manifest is not None:
+            manifest.close()
+        out.close()
+
+
+def nothing_selected(result: "Summary | Preview", params) -> str | None:
+    """The warning for a run that selected nothing, naming the bucket and prefix and saying why; None when
+    something was selected. `params`: backend, bucket, prefix, include_suffix (DownloadParams)."""
+    source, prefix = f"{params.backend}://{params.bucket}/{params.prefix}", params.prefix
+    if getattr(result, "incomplete", ""):
+        return None  # not empty: the listing broke off, and the run says so
+    if isinstance(result, Preview):
+        selected, listed = result.count, result.count + result.filtered_out
+    else:
+        selected, listed = result.listed - result.filtered_out, result.listed
+    if selected:
+        return None
+    if listed:
+        return (f"nothing to download: all {listed} objects under {source} are filtered out by"
+                f" --include-suffix {','.join(params.include_suffix)}")
+    hint = ""
+    if prefix.startswith("/"):
+        hint = f" (keys rarely start with '/': did you mean --prefix {prefix.lstrip('/')}?)"
+    return f"nothing to download: no objects under {source}{hint}"
 
 
 def human_bytes(n: float) -> str:
@@ -138,6 +237,19 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def objects(n: int) -> str:
+    return f"{n} object" if n == 1 else f"{n} objects"
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def md_cell(text: str) -> str:
