@@ -173,6 +173,7 @@ class _Finished:
     out: Output
     temp: str
     rel: str
+    size: int
     fd: int | None = None
     body: bytes | None = None
     check: tuple | None = None
@@ -185,10 +186,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _stamp(fd: int, wanted: int | None) -> int:
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    """pwrite may write less than asked (a disk filling up): what it did not write must not become a hole
+    of zeros in a file whose checksum was computed from the bytes received."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _stamp(fd: int, wanted: int | None, size: int) -> int:
+    """Give the file the store's time; check, one last time, that the file holds every byte received."""
     if wanted is not None and _UTIME_FD:
         os.utime(fd, ns=(wanted, wanted))
-    return os.fstat(fd).st_mtime_ns
+    st = os.fstat(fd)
+    if st.st_size != size:
+        raise IntegrityError(f"size mismatch: the file on disk has {st.st_size} of {size} bytes")
+    return st.st_mtime_ns
 
 
 def _commit_group(items: list[_Finished]) -> list[BaseException | None]:
@@ -207,7 +221,7 @@ def _commit_group(items: list[_Finished]) -> list[BaseException | None]:
                     _verify(item.check)
                 item.fd = item.out.create_temp(item.temp)
                 _write_all(item.fd, item.body)
-            item.mtime_ns = _stamp(item.fd, item.mtime_ns)
+            item.mtime_ns = _stamp(item.fd, item.mtime_ns, item.size)
         except BaseException as exc:  # noqa: BLE001 - reported to that file's download
             errors[i] = exc
     open_fds = [it.fd for it, err in zip(items, errors) if it.fd is not None and err is None]
@@ -448,7 +462,7 @@ class Engine:
                     # Small object: the body stays in memory and one thread writes, syncs and renames a
                     # whole group of them; the loop never waits on the disk.
                     body = await self._read_small(resp, expected, on_bytes)
-                    finished = _Finished(out, part, rel, body=body, check=check, mtime_ns=mtime)
+                    finished = _Finished(out, part, rel, len(body), body=body, check=check, mtime_ns=mtime)
                     written = len(body)
                 else:
                     fd = await self.in_files(_open_part, out, part, meta, offset, rel, size, etag,
@@ -467,7 +481,7 @@ class Engine:
                         os.close(fd)  # a broken stream leaves what arrived, for the next attempt to resume
                         raise
                     out.remove_temp(meta)
-                    finished = _Finished(out, part, rel, fd=fd, mtime_ns=mtime)
+                    finished = _Finished(out, part, rel, written, fd=fd, mtime_ns=mtime)
             finally:
                 resp.release()
         await self._committer.commit(finished)
@@ -497,7 +511,7 @@ class Engine:
         pace = _Pace(*self.low_speed) if self.low_speed else None
         written, pos = 0, offset
         async for chunk in resp.content.iter_chunked(CHUNK):
-            os.pwrite(fd, chunk, pos)
+            _pwrite_all(fd, chunk, pos)
             pos += len(chunk)
             if check:
                 check[0].update(chunk)
@@ -535,7 +549,7 @@ class Engine:
             os.close(fd)
             out.remove_temp(temp)
             raise
-        finished = _Finished(out, temp, rel, fd=fd, mtime_ns=_modified_ns(seen_headers[0]))
+        finished = _Finished(out, temp, rel, size, fd=fd, mtime_ns=_modified_ns(seen_headers[0]))
         await self._committer.commit(finished)
         return Fetched(size, bare_etag(seen_headers[0].get("ETag")) or etag, finished.mtime_ns)
 
@@ -562,7 +576,7 @@ class Engine:
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     if pos + len(chunk) > end + 1:
                         raise IntegrityError(f"size mismatch: part sent more than {end + 1 - start} bytes")
-                    os.pwrite(fd, chunk, pos)
+                    _pwrite_all(fd, chunk, pos)
                     pos += len(chunk)
                     self.bytes_done += len(chunk)
                     if on_bytes:

@@ -59,19 +59,25 @@ class Output:
         self._lock = threading.Lock()
         self._folders: dict[str, list] = {}  # relative folder → [handle, users]
         self._root = self._open_root()
-        self._lock_fd = None
+        self._lock_fds: list[int] = []
         self.previous_owner: dict = {}
         if read_only:
-            self._work = None
+            self._base = self._work = None
             return
         try:
-            self._work = self._child_folder(self._root, WORK_DIR, create=True, shown=WORK_DIR)
+            self._base = self._child_folder(self._root, WORK_DIR, create=True, shown=WORK_DIR)
         except LocalPathError:
             self._close(self._root)
             raise UsageError(f"{self.root / WORK_DIR} is not a folder this tool made (a file or a symbolic"
                              " link): remove it") from None
-        self.lock_name = f"lock-{shard}" if shard else "lock"
-        self._lock_fd = self._take_lock(owner or {})
+        try:
+            self._take_locks(shard, owner or {})
+            # A shard's temp files live in a folder of its own: shards of one job run at the same time
+            # in one output, and each clears its own leftovers.
+            self._work = self._child_folder(self._base, shard, True, f"{WORK_DIR}/{shard}") if shard else self._base
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -79,10 +85,12 @@ class Output:
             for handle, _ in self._folders.values():
                 self._close(handle)
             self._folders.clear()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the lock
-            self._lock_fd = None
-        self._close(self._work)
+        while self._lock_fds:
+            os.close(self._lock_fds.pop())  # releases the locks
+        work, base = getattr(self, "_work", None), getattr(self, "_base", None)
+        if work is not base:
+            self._close(work)
+        self._close(base)
         self._close(self._root)
 
     def __enter__(self) -> "Output":
@@ -103,24 +111,45 @@ class Output:
                 os.close(handle)
 
     # -- one writer --------------------------------------------------------------------------------
-    def _take_lock(self, owner: dict) -> int:
-        path, at = _at(self._work, self.lock_name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY, 0o644, dir_fd=at)
-        try:
-            _lock_file(fd)
-        except OSError:
-            holder = _read_json(fd)
-            os.close(fd)
-            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-            raise OutputBusy(f"another run is writing to {self.root} ({who}): wait for it to finish or stop it"
-                             ) from None
-        self.previous_owner = _read_json(fd)
-        self.set_owner(owner, fd)
-        return fd
+    def _take_locks(self, shard: str | None, owner: dict) -> None:
+        """A whole-output run holds `lock` exclusively. A shard holds `lock` shared (no whole-output run
+        meanwhile; other shards welcome) and `lock-<shard>` exclusively (never the same shard twice)."""
+        main = self._open_lock("lock")
+        self._lock_fds.append(main)
+        if not _lock_file(main, shared=bool(shard)):
+            raise self._busy()
+        if shard:
+            own = self._open_lock(f"lock-{shard}")
+            self._lock_fds.append(own)
+            if not _lock_file(own):
+                raise self._busy()
+        self._owner_fd = self._lock_fds[-1]
+        self.previous_owner = _read_json(self._owner_fd)
+        self.set_owner(owner)
 
-    def set_owner(self, extra: dict, fd: int | None = None) -> None:
+    def _open_lock(self, name: str) -> int:
+        path, at = _at(self._base, name)
+        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY, 0o644, dir_fd=at)
+
+    def _busy(self) -> OutputBusy:
+        """Who holds the output: a shard holding its lock, else the whole-output run."""
+        holder: dict = {}
+        for name in sorted(os.listdir(self._base)):
+            if name.startswith("lock"):
+                fd = self._open_lock(name)
+                try:
+                    if name == "lock" or not _lock_file(fd, shared=True):
+                        holder = _read_json(fd) or holder
+                        if name != "lock":
+                            break
+                finally:
+                    os.close(fd)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+        return OutputBusy(f"another run is writing to {self.root} ({who}): wait for it to finish or stop it")
+
+    def set_owner(self, extra: dict) -> None:
         """Say in the lock file who holds it (pid, host, start time, and e.g. a Prefect flow run id)."""
-        fd = self._lock_fd if fd is None else fd
+        fd = self._owner_fd
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
         data = json.dumps(info).encode()
@@ -322,9 +351,11 @@ class Output:
             os.unlink(path, dir_fd=at)
 
     def clear_work_area(self) -> None:
-        """After a complete run: partial files of objects that no longer exist are of no use."""
+        """After a complete run: partial files of objects that no longer exist are of no use. (Never the
+        locks, never another shard's folder.)"""
         for name in os.listdir(self._work):
-            if not name.startswith("lock"):
+            path, at = _at(self._work, name)
+            if not name.startswith("lock") and not stat.S_ISDIR(os.stat(path, dir_fd=at, follow_symlinks=False).st_mode):
                 self.remove_temp(name)
 
     def disk_error(self, exc: BaseException):
@@ -378,13 +409,23 @@ def _read_json(fd: int) -> dict:
         return {}
 
 
-def _lock_file(fd: int) -> None:
-    """An exclusive lock on the open file; released by the kernel when the process ends, however it ends."""
+def _lock_file(fd: int, shared: bool = False) -> bool:
+    """Lock the open file (exclusive, or shared); False when another process holds it. The kernel releases
+    it when the process ends, however it ends."""
     try:
         import fcntl
-    except ImportError:  # Windows: lock one byte far past the content, so the content stays readable
+    except ImportError:  # Windows: no shared locks; lock one byte far past the content, which stays readable
         import msvcrt
+        if shared:
+            return True
         os.lseek(fd, 1 << 30, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

@@ -94,10 +94,20 @@ def test_one_writer_per_output_and_per_shard(tmp_path):
     with Output(tmp_path, owner={"flow_run_id": "run-1"}):
         with pytest.raises(OutputBusy, match=f"pid {os.getpid()}"):
             Output(tmp_path)
-        with Output(tmp_path, shard="s1"):             # shards of one job lock separately
-            pass
+        with pytest.raises(OutputBusy):                # no shard while the whole output is being written
+            Output(tmp_path, shard="s1")
     with Output(tmp_path) as again:                    # released on close
         assert again.previous_owner["flow_run_id"] == "run-1"
+    with Output(tmp_path, shard="s1", owner={"flow_run_id": "shard-1"}) as s1, Output(tmp_path, shard="s2") as s2:
+        with pytest.raises(OutputBusy, match="shard-1|pid"):
+            Output(tmp_path)                           # shards of one job run side by side, not with a whole run
+        with pytest.raises(OutputBusy):
+            Output(tmp_path, shard="s1")               # but never the same shard twice
+        make_file(s1, "a.txt", b"a")
+        keep = s2.temp_name("b.txt", "part")
+        os.close(s2.create_temp(keep))                 # s2 is still downloading b.txt …
+        s1.clear_work_area()                           # … when s1 finishes and clears its leftovers
+        assert (tmp_path / ".ossdl" / "s2" / keep).exists()
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
