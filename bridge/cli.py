@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def personal_base_token(given: str | None) -> str:
     if given:
         return given
-    from tasks.feishu import token_from_env
+    from core.sources.feishu import token_from_env
     return token_from_env()
 
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --allow-origin: {exc}", file=sys.stderr)
         return 2
     from bridge.service import BridgeService, BridgeSettings
-    from tasks.feishu import DOMAINS
-    from tasks.errors import UsageError
+    from core.sources.feishu import DOMAINS
+    from core.errors import UsageError
     settings = BridgeSettings(
         host=args.host, port=args.port, output=Path(args.output), download_concurrency=args.download_concurrency,
         http_connect_timeout=args.http_connect_timeout, download_read_timeout=args.download_read_timeout,

@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from typing import Callable
 
 from bridge import protocol as p
-from tasks.errors import DownloadError
+from core.errors import DownloadError
 
 log = logging.getLogger("feishu-bridge")
 REFRESH_WAIT = 120.0  # seconds to wait for the plugin's answer to a refresh ack

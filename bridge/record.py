@@ -8,8 +8,8 @@ import time
 
 from prefect import flow
 
-from tasks.batch import Tally
-from tasks.report import Summary
+from core.model import Counts
+from core.report import Summary
 
 _jobs: dict[str, tuple[threading.Event, dict]] = {}
 
@@ -17,12 +17,12 @@ _jobs: dict[str, tuple[threading.Event, dict]] = {}
 @flow(name="feishu-plugin-job", persist_result=False)
 def plugin_job(job_key: str, job_name: str, folder: str, total: int) -> Summary:
     """Waits for the service to finish the job, then publishes what happened (no secrets in parameters)."""
-    from tasks.download_tasks import publish_summary
+    from tasks.artifacts import publish_summary
     event, result = _jobs[job_key]
     started = time.monotonic()
     event.wait()
     _jobs.pop(job_key, None)
-    tally = Tally(listed=result.get("listed", 0), downloaded=result.get("downloaded", 0),
+    tally = Counts(listed=result.get("listed", 0), downloaded=result.get("downloaded", 0),
                   failed=result.get("failed", 0), bytes=result.get("bytes", 0))
     summary = Summary.of(tally, time.monotonic() - started, result.get("failed_csv"))
     publish_summary(summary, result.get("first_rows", []))

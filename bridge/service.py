@@ -29,14 +29,16 @@ from websockets.exceptions import ConnectionClosed
 from bridge import protocol as p
 from bridge.links import PluginLinks
 from bridge.origins import Origins
-from tasks.errors import DownloadError, UsageError, as_download_error
-from tasks.feishu import DOMAINS, Attachment, FeishuClient, LinkBroker, link_expired
-from tasks.keys import FAILED_CSV_NAME, MANIFEST_NAME, prepare_output
-from tasks.manifest import Manifest, Outcome
-from tasks.naming import UniquePaths, clean_segment
-from tasks.report import human_bytes, write_failed_csv
-from tasks.transfer import UNKNOWN_SIZE, MiB, Engine
-from tasks.workarea import WORK_DIR, Output
+from core.errors import DownloadError, UsageError, as_download_error
+from core.sources.feishu import DOMAINS, Attachment, FeishuClient, LinkBroker, link_expired
+from core.model import FAILED_CSV_NAME, MANIFEST_NAME
+from core.paths import prepare_output
+from core.manifest import Manifest, Outcome
+from core.naming import UniquePaths, clean_segment
+from core.report import human_bytes, write_failed_csv
+from core.engine import MiB, Engine
+from core.model import UNKNOWN_SIZE
+from core.workarea import WORK_DIR, Output
 
 log = logging.getLogger("feishu-bridge")
 ATTEMPTS = 3  # round 1's own retries, until jobs run on the flows' shared round 1 / round 2 runner
@@ -306,7 +308,7 @@ class Job:
         c = self.counts()
         zip_path = None
         if self.config.zip_after_download and c["completed"]:
-            from tasks.zipper import zip_folder
+            from core.zipper import zip_folder
             try:
                 zip_path = self.folder.with_name(self.folder.name + ".zip")
                 await loop.run_in_executor(None, zip_folder, self.folder, zip_path, self.folder.name)

@@ -95,6 +95,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                      help="list and preview (count, size, already present, to fetch, largest, first keys);"
                           " download and create nothing")
     run.add_argument("--yes", action="store_true", help="on a terminal, do not ask to confirm the preview")
+    run.add_argument("--no-prefect", action="store_true",
+                     help="run the download directly, without Prefect (no flow run, no server): the same"
+                          " rounds, manifest, summary and failure CSV; what the standalone executable does")
     run.add_argument("--fail-if-empty", action="store_true",
                      help="exit 3 (and fail the flow run) when nothing is selected; default: warn, exit 0")
     run.add_argument("--concurrency", type=int, metavar="N",
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     yes = given.pop("yes", False)
+    prefect = not given.pop("no_prefect", False) and prefect_available()
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     if "bucket" not in given and not terminal:
         parser.print_usage(sys.stderr)
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     session = Session()
     _on_ctrl_c(session)
-    return exit_code(lambda: _run(given, yes, terminal, session),
+    return exit_code(lambda: _run(given, yes, terminal, session, prefect),
                      interrupted=lambda: (f"interrupted: finished files are kept; {RESUMES}" if session.downloading
                                           else "interrupted: nothing was downloaded"))
 
@@ -204,7 +208,7 @@ def exit_code(run, interrupted=None) -> int:
     """Run a command body and map what escapes it to the exit codes (2 usage, 3 nothing selected with
     --fail-if-empty, 130 Ctrl-C, 143 SIGTERM, 1 otherwise), with one line on stderr and never a traceback.
     `interrupted()`: what to say on Ctrl-C."""
-    from tasks.errors import NothingSelected, ObjectsFailed, UsageError
+    from core.errors import NothingSelected, ObjectsFailed, UsageError
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return run()
@@ -236,15 +240,21 @@ def print_result(result) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _run(given: dict, yes: bool, terminal: bool, session: Session) -> int:
-    params, backend = _params_checked(given, terminal, session)
+def prefect_available() -> bool:
+    """False in the standalone executables, which are built without Prefect."""
+    import importlib.util
+    return importlib.util.find_spec("prefect") is not None
+
+
+def _run(given: dict, yes: bool, terminal: bool, session: Session, prefect: bool) -> int:
+    params, source = _params_checked(given, terminal, session)
     if not params.dry_run:
-        from tasks.keys import prepare_output
+        from core.paths import prepare_output
         prepare_output(params.output)
-    session.server = _start_temporary_server()
+    session.server = _start_temporary_server() if prefect else None
     display = None
     if terminal and not params.dry_run:
-        preview = _preview_on_terminal(backend, params)
+        preview = _preview_on_terminal(source, params)
         if not preview.to_fetch:
             return _nothing_to_fetch(preview, params)
         if not yes:
@@ -253,26 +263,58 @@ def _run(given: dict, yes: bool, terminal: bool, session: Session) -> int:
                 return EXIT_OK
             session.started = time.monotonic()  # the person's thinking time is not the command's
         display = _terminal().RichDisplay(_console(), preview)
-    download_objects = _prefect_ready(session.server, terminal)
-    from tasks.progress import LineDisplay, use_display
+    from core.progress import LineDisplay
     display = display or LineDisplay()
-    use_display(display)
     session.downloading = not params.dry_run
-    from tasks.errors import ObjectsFailed
     with display:
-        try:
-            result = download_objects(params)
-        except ObjectsFailed as exc:  # the run finished and its flow run is Failed: the summary says why
-            result = exc.summary
+        if prefect:
+            result = _run_flow(params, session, terminal, display)
+        else:
+            result = _run_core(params, source, display)
     session.downloading = False
     return _report(result, params, session, display)
 
 
+def _run_flow(params, session: Session, terminal: bool, display):
+    """The download as a Prefect flow run (what the command does by default)."""
+    from core.errors import ObjectsFailed
+    from core.progress import use_display
+    download_objects = _prefect_ready(session.server, terminal)
+    use_display(display)
+    try:
+        return download_objects(params)
+    except ObjectsFailed as exc:  # the run finished and its flow run is Failed: the summary says why
+        return exc.summary
+
+
+def _run_core(params, source, display):
+    """The download without Prefect: the runner itself, on this process's engine (--no-prefect, executables)."""
+    import uuid
+
+    from core import run as core_run
+    from core.errors import NothingSelected
+    from core.report import nothing_selected
+    job = params.job(uuid.uuid4().hex)
+    if params.dry_run:
+        result = core_run.preview(job.plan, job.settings, source)
+    else:
+        run = core_run.open_run(job.plan, job.settings, source)
+        try:
+            result = run.engine.run(core_run.run_all(
+                run, tick=lambda: display.update(run.counts, run.engine.bytes_done)))
+        finally:
+            core_run.close_run(run)
+    why = nothing_selected(result, params)
+    if why and params.fail_if_empty:
+        raise NothingSelected(why)
+    return result
+
+
 def _params_checked(given: dict, terminal: bool, session: Session):
-    """The parameters (asked on a terminal when --bucket is missing) and a backend that can list the bucket.
+    """The parameters (asked on a terminal when --bucket is missing) and a source that can list the bucket.
     Checked before Prefect starts: bad input costs no flow run and shows no traceback."""
-    from tasks.backends import make_backend
-    from tasks.errors import UsageError
+    from core.errors import UsageError
+    from tasks.runs import source_of
     asking = terminal and "bucket" not in given
     values = _terminal().ask(given) if asking else given
     while True:
@@ -280,8 +322,8 @@ def _params_checked(given: dict, terminal: bool, session: Session):
         if terminal:
             _terminal().ask_credentials(params.backend)
         try:
-            backend = make_backend(params.store_config())
-            backend.check()
+            source = source_of(params.job("preflight"))
+            source.check()
             break
         except UsageError as exc:
             if not asking:
@@ -289,11 +331,11 @@ def _params_checked(given: dict, terminal: bool, session: Session):
             values = _terminal().ask(given, reason=str(exc))
     if asking:
         session.started = time.monotonic()
-    return params, backend
+    return params, source
 
 
 def _report(result, params, session: Session, display) -> int:
-    from tasks.report import Summary, nothing_selected
+    from core.report import Summary, nothing_selected
     if isinstance(result, Summary):
         print(result.text(seconds=time.monotonic() - session.started,
                           active_seconds=getattr(display, "active_seconds", None)))
@@ -307,24 +349,19 @@ def _report(result, params, session: Session, display) -> int:
     return EXIT_OK if getattr(result, "ok", True) else EXIT_FAILED
 
 
-def _preview_on_terminal(backend, params):
-    from pathlib import Path
-
-    from tasks.batch import Plan
-    from tasks.keys import parse_suffixes, prefix_folder
+def _preview_on_terminal(source, params):
+    from core.run import preview
     console = _console()
-    plan = Plan(Path(params.output).expanduser().resolve(), prefix_folder(params.prefix),
-                parse_suffixes(params.include_suffix), run_id="preview", max_attempts=params.max_attempts,
-                retry_backoff=params.retry_backoff, shard=params.shard, prefix=params.prefix)
+    job = params.job("preview")
     with console.status(f"listing {params.backend}://{params.bucket}/{params.prefix} …"):
-        preview = _terminal().scan(backend, plan)
-    _terminal().show_preview(console, preview)
-    return preview
+        result = preview(job.plan, job.settings, source)
+    _terminal().show_preview(console, result)
+    return result
 
 
 def _nothing_to_fetch(preview, params) -> int:
     """On a terminal the preview already knows: no flow run for nothing."""
-    from tasks.report import nothing_selected
+    from core.report import nothing_selected
     why = nothing_selected(preview, params)
     if why and params.fail_if_empty:
         print(f"error: {why}", file=sys.stderr)

@@ -6,7 +6,7 @@ named and foldered by the record's fields; the same batches, manifest, rounds an
 from __future__ import annotations
 
 import uuid
-from contextlib import closing
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow, task
@@ -16,18 +16,14 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.model import Job, Plan, Settings
+from core.naming import UNCATEGORIZED, clean_segment
+from core.paths import prepare_output
+from core.report import Preview, Summary
+from core.sources.feishu import DOMAINS, BitableTable, FeishuSpec
+from core.zipper import zip_folder
 from flows.pipeline import BATCH_WORKERS, download_all, preview_all
-from tasks.batch import Plan, Run
-from tasks.download_tasks import final_state
-from tasks.feishu import DOMAINS, BitableSource, FeishuBackend, FeishuClient, personal_base_token
-from tasks.keys import prepare_output
-from tasks.manifest import Manifest
-from tasks.naming import UNCATEGORIZED, AttachmentNaming, clean_segment
-from tasks.report import Preview, Summary
-from tasks.runs import mark_crashed
-from tasks.transfer import Engine
-from tasks.workarea import Output
-from tasks.zipper import zip_folder
+from tasks.artifacts import final_state
 
 ZIP_KEY = "feishu-zip"
 
@@ -78,17 +74,18 @@ class FeishuParams(BaseModel):
     def folder_name(self) -> str:
         return clean_segment(self.job_name or self.table_id)
 
-    def source(self) -> BitableSource:
-        return BitableSource(self.app_token, self.table_id, self.view_id, list(self.attachment_fields),
-                             self.page_size)
+    def spec(self) -> FeishuSpec:
+        table = BitableTable(self.app_token, self.table_id, self.view_id, list(self.attachment_fields), self.page_size)
+        return FeishuSpec(table, tuple(self.name_fields), self.name_separator, tuple(self.folder_fields),
+                          self.uncategorized_folder, self.base_url, self.api_requests_per_second,
+                          self.connect_timeout, self.read_timeout, self.retry_backoff)
 
-    def naming(self) -> AttachmentNaming:
-        return AttachmentNaming(list(self.name_fields), self.name_separator, list(self.folder_fields),
-                                self.uncategorized_folder)
-
-    def client(self, token: str) -> FeishuClient:
-        return FeishuClient(self.base_url, token, self.api_requests_per_second, self.connect_timeout,
-                            self.read_timeout, backoff=self.retry_backoff)
+    def job(self, run_id: str, output: Path) -> Job:
+        """The run as data: the job folder below the output, no token (only the name of its block)."""
+        plan = Plan(output / self.folder_name, run_id, max_attempts=self.max_attempts,
+                    retry_backoff=self.retry_backoff, path_column=True, prefix=f"{self.table_id} records")
+        settings = Settings(self.concurrency, self.connect_timeout, self.read_timeout)
+        return Job(plan, settings, self.spec(), self.token_block)
 
 
 @task(name="zip-job", cache_policy=NO_CACHE, persist_result=False)
@@ -100,22 +97,11 @@ def zip_job(folder, zip_path) -> str:
 
 @flow(name="feishu-attachments", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS), persist_result=False)
 def download_attachments(params: FeishuParams) -> Summary | Preview:
-    folder = prepare_output(prepare_output(params.output) / params.folder_name)
-    plan = Plan(folder, "", (), run_id=flow_run.id or uuid.uuid4().hex, max_attempts=params.max_attempts,
-                retry_backoff=params.retry_backoff, path_column=True, prefix=f"{params.table_id} records")
-    engine = Engine(params.concurrency, params.connect_timeout, params.read_timeout)
-    client = params.client(personal_base_token(params.token_block))
-    with Output(folder, owner={"flow_run_id": str(flow_run.id or "")}) as out, \
-            closing(Manifest(folder, plan.manifest_name)) as manifest, engine:
-        mark_crashed(out.previous_owner, flow_run.id)
-        try:
-            backend = FeishuBackend(params.source(), client, engine, params.naming())
-            backend.check()
-            if params.dry_run:
-                return preview_all(backend, engine, plan)
-            summary = download_all(Run(plan, engine, backend, manifest, out))
-        finally:
-            engine.run(client.close())
+    job = params.job(str(flow_run.id or uuid.uuid4().hex), Path(params.output).expanduser().resolve())
+    if params.dry_run:
+        return preview_all(job)
+    folder = prepare_output(job.plan.output)
+    summary = download_all(job, flow_run.id)
     if params.zip:
         summary.zip_file = zip_job(folder, folder.with_name(folder.name + ".zip"))
     return final_state(summary)

@@ -50,14 +50,14 @@ def params_from_args(values: dict):
 
 def check_source(params) -> None:
     """Token, base, table and fields checked before Prefect starts: bad input costs no flow run."""
-    from tasks.feishu import FeishuBackend, personal_base_token
-    from tasks.transfer import Engine
-    client = params.client(personal_base_token(params.token_block))
+    from core.engine import Engine
+    from tasks.credentials import personal_base_token
     with Engine(1) as engine:
+        source = params.spec().source(personal_base_token(params.token_block), engine)
         try:
-            FeishuBackend(params.source(), client, engine, params.naming()).check()
+            source.check()
         finally:
-            engine.run(client.close())
+            source.close()
 
 
 def main(argv: list[str] | None = None) -> int:

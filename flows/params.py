@@ -5,9 +5,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.backends import StoreConfig
-from tasks.credentials import load_block_credentials
-from tasks.keys import parse_suffixes
+from pathlib import Path
+
+from core.model import Job, Plan, Settings
+from core.paths import parse_suffixes, prefix_folder
+from core.sources import StoreConfig
 
 MAX_CONCURRENCY = 256
 
@@ -68,13 +70,25 @@ class DownloadParams(BaseModel):
         return list(parse_suffixes(value))
 
     def store_config(self) -> StoreConfig:
-        """Where to read from, with the credentials of the named block (if any) loaded."""
-        credentials = load_block_credentials(self.credentials_block) if self.credentials_block else {}
-        return StoreConfig(credentials=credentials, backend=self.backend, bucket=self.bucket, prefix=self.prefix, endpoint=self.endpoint,
+        """Where to read from; without its secret (see job() and credentials_block)."""
+        return StoreConfig(backend=self.backend, bucket=self.bucket, prefix=self.prefix, endpoint=self.endpoint,
                            region=self.region, profile=self.profile, addressing_style=self.addressing_style,
                            cname=self.cname, concurrency=self.concurrency,
                            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                            start_after=self.start_after, end_before=self.end_before)
+
+    def settings(self) -> Settings:
+        return Settings(self.concurrency, self.connect_timeout, self.read_timeout, self.max_requests_per_second,
+                        self.low_speed_limit, self.low_speed_time)
+
+    def plan(self, run_id: str) -> Plan:
+        return Plan(Path(self.output).expanduser().resolve(), run_id, prefix_folder(self.prefix),
+                    tuple(self.include_suffix), self.max_attempts, self.retry_backoff, self.shard,
+                    prefix=self.prefix)
+
+    def job(self, run_id: str) -> Job:
+        """The run as data for the runner and its tasks: no secret, only the name of its block."""
+        return Job(self.plan(run_id), self.settings(), self.store_config(), self.credentials_block)
 
 
 def with_deployment_defaults(params: DownloadParams) -> DownloadParams:

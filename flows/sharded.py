@@ -19,13 +19,13 @@ from prefect.states import Cancelled, Failed
 from pydantic import Field
 
 from flows.params import DownloadParams, with_deployment_defaults
-from tasks import download_tasks as units
-from tasks.backends import make_backend
-from tasks.batch import Tally
-from tasks.errors import UsageError
-from tasks.keys import prepare_output
-from tasks.report import Summary
-from tasks.shards import merge_failed_csvs, shard_names, split, tally_from_rows
+from tasks import artifacts
+from tasks.runs import source_of
+from core.model import Counts
+from core.errors import UsageError
+from core.paths import prepare_output
+from core.report import Summary
+from core.shards import merge_failed_csvs, shard_names, split, counts_from_rows
 
 DEFAULT_DEPLOYMENT = "object-download/shard"
 MAX_SHARDS = 64
@@ -80,7 +80,7 @@ def _wait(client, run_ids: list, poll: float, start_timeout: float, pool: str) -
 
 def _summary_rows(client, run_id) -> list[dict]:
     found = client.read_artifacts(artifact_filter=ArtifactFilter(
-        key=ArtifactFilterKey(any_=[units.SUMMARY_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        key=ArtifactFilterKey(any_=[artifacts.SUMMARY_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     if not found:
         return []
     data = found[0].data
@@ -118,7 +118,7 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
     output = prepare_output(params.output)
     with get_client(sync_client=True) as client:
         pool = _check_pool(client, deployment)
-    ranges = split(make_backend(params.store_config()).folders(), shards)
+    ranges = split(source_of(params.job("shard-split")).folders(), shards)
     names = shard_names(len(ranges))
     children = []
     for name, (after, before) in zip(names, ranges):
@@ -126,7 +126,7 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
         children.append(run_deployment(deployment, parameters={"params": child.model_dump(mode="json")},
                                        timeout=0, as_subflow=True, flow_run_name=f"shard-{name}"))
         logger.info("shard %s: keys after %r, before %r", name, after or "(start)", before or "(end)")
-    tally = Tally()
+    tally = Counts()
     with get_client(sync_client=True) as client:
         runs = _wait(client, [c.id for c in children], poll_seconds, start_timeout, pool)
         broken = []
@@ -134,15 +134,15 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
             rows = _summary_rows(client, run_id)
             # A shard that ran to its report has a summary (Failed too, when some objects failed).
             if rows:
-                tally.add(tally_from_rows(rows))
+                tally.add(counts_from_rows(rows))
             else:
                 broken.append(f"{run.name} ({run.state.name})")
     csv_path, first_rows = merge_failed_csvs(output, names)
     summary = Summary.of(tally, time.monotonic() - started, csv_path)
-    units.publish_summary(summary, first_rows)
+    artifacts.publish_summary(summary, first_rows)
     if broken:
         raise ShardsBroken(f"shard runs did not finish: {', '.join(sorted(broken))}")
-    return units.final_state(summary)
+    return artifacts.final_state(summary)
 
 
 def main(argv: list[str] | None = None) -> int:

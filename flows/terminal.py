@@ -16,12 +16,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from core.model import Counts
+from core.progress import Meter, clock
+from core.report import Preview, human_bytes, objects
 from flows.params import DownloadParams
-from tasks.backends import Backend
-from tasks.batch import Live, Plan
-from tasks.listing import list_page, pages
-from tasks.progress import Meter, clock
-from tasks.report import Preview, earlier_run, human_bytes, objects
 
 OSS_ENDPOINTS = [f"https://oss-{region}.aliyuncs.com" for region in (
     "cn-hangzhou", "cn-shanghai", "cn-beijing", "cn-shenzhen", "cn-qingdao", "cn-zhangjiakou", "cn-chengdu",
@@ -134,16 +132,6 @@ def ask_credentials(backend: str) -> None:
     os.environ[names[1]] = _ask(questionary.password("Access key secret:", validate=lambda t: bool(t)))
 
 
-def scan(backend: Backend, plan: Plan) -> Preview:
-    """List everything selected, and count what an earlier run already downloaded (Prefect-free: the
-    preview comes before the flow run, while Prefect starts)."""
-    preview = Preview()
-    with earlier_run(plan) as (manifest, out):
-        for page in pages(backend, lambda token, _: list_page(backend, token, plan.max_attempts, plan.retry_backoff)):
-            preview.add_page(page.objects, plan, manifest, out)
-    return preview
-
-
 def show_preview(console: Console, preview: Preview) -> None:
     """The same lines as --dry-run prints (numbers highlighted)."""
     console.print(Text(preview.text()), highlight=True)
@@ -182,7 +170,7 @@ class RichDisplay:
     def __exit__(self, *exc) -> None:
         self.view.stop()
 
-    def update(self, live: Live, bytes_done: int, final: bool = False) -> None:
+    def update(self, live: Counts, bytes_done: int, final: bool = False) -> None:
         now = time.monotonic()
         seen = Seen(live.done, live.failed, live.retrying, live.retried)
         self.bytes.add(bytes_done, now)

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from tasks.errors import UsageError
+from core.errors import UsageError
 
 BLOCK_TYPES = ("aws-credentials", "oss-credentials", "secret")
 
@@ -61,3 +61,26 @@ def load_block_credentials(block_name: str) -> dict:
         return values
     raise UsageError(f"credentials block {block_name!r} not found (create an AWS Credentials, OSS Credentials"
                      " or Secret block with that name)") from None
+
+
+def personal_base_token(block_name: str | None = None) -> str:
+    """The Feishu personal base token from a Prefect Secret block (by name), else PERSONAL_BASE_TOKEN from
+    the environment or ./.env."""
+    if block_name:
+        from prefect.blocks.system import Secret
+        try:
+            value = Secret.load(block_name).get()
+        except ValueError:
+            raise UsageError(f"token block {block_name!r} not found (create a Secret block with that name)") \
+                from None
+        if isinstance(value, dict):
+            value = value.get("personal_base_token") or value.get("token") or ""
+        if not value:
+            raise UsageError(f"token block {block_name!r} holds no personal base token")
+        return str(value)
+    from core.sources.feishu import token_from_env
+    token = token_from_env()
+    if not token:
+        raise UsageError("no personal base token: set PERSONAL_BASE_TOKEN (environment or .env)"
+                         " or name a Prefect Secret block")
+    return token

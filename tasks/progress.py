@@ -1,120 +1,22 @@
-"""Run progress for people: the display the CLI installs (or a one-line terminal display), a Prefect progress
-artifact and log lines, all throttled; speeds over a sliding window from the first byte on."""
+"""Run progress in Prefect: a progress artifact (at most once a second) and a log line every few seconds
+in the flow run's logs, beside the display the CLI installed (core/progress.py)."""
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections import deque
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.batch import Live
-from tasks.report import human_bytes
-from tasks.transfer import Engine
+from core import progress as display
+from core.engine import Engine
+from core.model import Counts
+from core.progress import Meter, progress_line
 
 PROGRESS_KEY = "download-progress"
-_display = None
-
-
-def use_display(display) -> None:
-    """Let the CLI draw the progress: display.update(live, bytes_done, final) on every tick; None to stop."""
-    global _display
-    _display = display
-
-
-class Meter:
-    """A counter's rate over the last `window` seconds, counted from its first increase (not from process
-    start: Prefect's start-up and the listing before the first byte would make it look slow)."""
-
-    def __init__(self, window: float = 10.0):
-        self.window = window
-        self.samples: deque[tuple[float, float]] = deque()
-        self.first_at: float | None = None  # when it first moved (the tick before it was seen moving)
-        self.moved_at: float | None = None  # when it last moved
-        self.value = 0.0
-
-    def add(self, value: float, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if value != self.value:
-            if self.first_at is None:
-                self.first_at = self.samples[-1][0] if self.samples else now
-                self.samples.clear()
-                self.samples.append((self.first_at, self.value))
-            self.moved_at = now
-        self.value = value
-        if self.first_at is None:
-            self.samples.clear()  # only the last idle sample matters: it dates the first move
-        self.samples.append((now, value))
-        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
-            self.samples.popleft()
-
-    def rate(self) -> float | None:
-        """Per second over the window; None before it has moved."""
-        if self.first_at is None or len(self.samples) < 2:
-            return None
-        (t0, v0), (t1, v1) = self.samples[0], self.samples[-1]
-        return (v1 - v0) / (t1 - t0) if t1 > t0 else None
-
-    def eta(self, remaining: float) -> float | None:
-        rate = self.rate()
-        if remaining <= 0:
-            return 0.0
-        return remaining / rate if rate else None
-
-    @property
-    def active_seconds(self) -> float | None:
-        """From its first move to its last: the time the bytes were actually flowing."""
-        if self.first_at is None or self.moved_at is None:
-            return None
-        return self.moved_at - self.first_at
-
-
-def progress_line(live: Live, bytes_done: int, rate: float | None) -> str:
-    speed = f"{human_bytes(rate)}/s" if rate is not None else "-/s"
-    text = f"{live.phase}: {live.done}/{live.listed} objects, {human_bytes(bytes_done)} ({speed}), {live.failed} failed"
-    if live.retrying:
-        text += f"; {live.retried}/{live.retrying} retried"
-    return text
-
-
-def clock(seconds: float | None) -> str:
-    """An ETA: rounded up, so 0:00:00 only once nothing is left."""
-    if seconds is None:
-        return "-:--:--"
-    seconds = math.ceil(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class LineDisplay:
-    """Without a terminal (cron, CI, a pipe): a plain progress line on stderr every `every` seconds."""
-
-    def __init__(self, every: float = 10.0, stream=None):
-        self.every, self.stream = every, stream or sys.stderr
-        self.bytes = Meter()
-        self._line_at = time.monotonic()
-
-    def __enter__(self) -> "LineDisplay":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    @property
-    def active_seconds(self) -> float | None:
-        return self.bytes.active_seconds
-
-    def update(self, live: Live, bytes_done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        self.bytes.add(bytes_done, now)
-        if not final and now - self._line_at >= self.every:
-            self._line_at = now
-            print(time.strftime("%H:%M:%S"), progress_line(live, bytes_done, self.bytes.rate()),
-                  file=self.stream, flush=True)
 
 
 class Progress:
-    def __init__(self, live: Live, engine: Engine, log, artifact_every: float = 1.0, log_every: float = 10.0):
+    def __init__(self, live: Counts, engine: Engine, log, artifact_every: float = 1.0, log_every: float = 10.0):
         self.live, self.engine, self.log = live, engine, log
         self.tty = sys.stderr.isatty()
         self.bytes = Meter()
@@ -132,14 +34,14 @@ class Progress:
     def tick(self, final: bool = False) -> None:
         now = time.monotonic()
         self.bytes.add(self.engine.bytes_done, now)
-        if _display is not None:
-            _display.update(self.live, self.engine.bytes_done, final)
+        if display.current() is not None:
+            display.current().update(self.live, self.engine.bytes_done, final)
         elif self.tty and (final or now - self._line_at >= 0.1):
             self._line_at = now
             sys.stderr.write("\r\x1b[K" + self.line() + ("\n" if final else ""))
             sys.stderr.flush()
         # The flow run's log in Prefect; on a terminal without the CLI's display the line above says it.
-        if (_display is not None or not self.tty) and (final or now - self._log_at >= self.log_every):
+        if (display.current() is not None or not self.tty) and (final or now - self._log_at >= self.log_every):
             self._log_at = now
             self.log.info(self.line())
         if final or now - self._artifact_at >= self.artifact_every:

@@ -1,14 +1,59 @@
-"""Prefect flow runs left behind: a run killed with kill -9 (or a machine that went down) stays Running in
-Prefect for ever, because nothing is left to report its end. The next run of the same output folder holds
-its lock — so the earlier process is gone — and ends that flow run as Crashed."""
+"""A run's live objects in each process that works on it, made from its Job (picklable, no secrets) the first
+time a task of that run needs them; and Prefect flow runs left behind by killed runs.
+
+Tasks take the Job and page descriptors, never live clients: a task could be retried, or run in another
+process, and would build what it needs here — the store's client with the secret read from its Prefect
+block in that process, the engine, the manifest and the output's lock."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
+
+from core import run as core_run
+from core.model import Job
+from core.sources import StoreConfig, make_source
+from core.sources.feishu import FeishuSpec
 
 log = logging.getLogger(__name__)
+_runs: dict[str, core_run.Run] = {}
+_lock = threading.Lock()
+
+
+def source_of(job: Job):
+    """The live source of a job (or a maker of it, given the engine), its secret loaded in this process."""
+    spec = job.source
+    if isinstance(spec, StoreConfig):
+        from tasks.credentials import load_block_credentials
+        credentials = load_block_credentials(job.secret) if job.secret else {}
+        return make_source(dataclasses.replace(spec, credentials=credentials))
+    if isinstance(spec, FeishuSpec):
+        from tasks.credentials import personal_base_token
+        token = personal_base_token(job.secret)
+        return lambda engine: spec.source(token, engine)
+    raise TypeError(f"no source for {type(spec).__name__}")
+
+
+def open_job(job: Job, owner: dict | None = None) -> core_run.Run:
+    """This process's run of the job, opened once (the output's lock taken, the engine started)."""
+    with _lock:
+        run = _runs.get(job.plan.run_id)
+        if run is None:
+            run = _runs[job.plan.run_id] = core_run.open_run(job.plan, job.settings, source_of(job), owner)
+        return run
+
+
+def close_job(job: Job) -> None:
+    with _lock:
+        run = _runs.pop(job.plan.run_id, None)
+    if run is not None:
+        core_run.close_run(run)
 
 
 def mark_crashed(previous_owner: dict, current_run_id) -> None:
+    """A run killed with kill -9 (or a machine that went down) stays Running in Prefect for ever: nothing
+    is left to report its end. The next run of the same output holds its lock — so that process is gone —
+    and ends its flow run as Crashed."""
     run_id = previous_owner.get("flow_run_id")
     if not run_id or str(run_id) == str(current_run_id or ""):
         return

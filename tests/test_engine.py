@@ -8,18 +8,21 @@ import uuid
 import pytest
 
 from infra import oss_server
-from tasks.backends import StoreConfig
-from tasks.backends.oss import OssBackend
-from tasks.errors import DownloadError, IntegrityError, TooSlow
-from tasks.transfer import SMALL_BODY, Engine, bare_etag
-from tasks.workarea import Output
+from core.sources import StoreConfig
+from core.model import RemoteObject
+from core.sources.oss import OssSource
+from core.errors import DownloadError, IntegrityError, TooSlow
+from core.engine import Engine
+from core.engine.fetch import SMALL_BODY
+from core.engine.verify import bare_etag
+from core.workarea import Output
 
 
 @pytest.fixture
 def world(oss, tmp_path):
     bucket = "e-" + uuid.uuid4().hex[:10]
     oss.create_bucket(bucket)
-    backend = OssBackend(StoreConfig(backend="oss", bucket=bucket, endpoint=oss.endpoint, credentials={
+    backend = OssSource(StoreConfig(backend="oss", bucket=bucket, endpoint=oss.endpoint, credentials={
         "access_key_id": oss_server.ACCESS_KEY, "secret_access_key": oss_server.SECRET_KEY}))
     engine = Engine(4, read_timeout=5, part_size=1 << 20, multipart_threshold=2 << 20, low_speed_limit=1000,
                     low_speed_time=0.5).__enter__()
@@ -30,7 +33,7 @@ def world(oss, tmp_path):
             return bare_etag(oss.put(bucket, key, data, **kw))
 
         def fetch(self, key, size, etag):
-            return engine.run(engine.fetch(backend.signer(key), out, key, size, etag))
+            return engine.run(engine.fetch(backend.signer(RemoteObject(key, size)), out, key, size, etag))
 
         def fault(self, key, kind, **kw):
             oss.add_fault(bucket, key, kind, **kw)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from infra.feishu_server import GOOD_TOKEN, FeishuServer
-from tasks.feishu import Attachment, FeishuClient, LinkBroker
-from tasks.naming import AttachmentNaming, clean_segment
+from core.sources.feishu import Attachment, FeishuClient, LinkBroker
+from core.naming import AttachmentNaming, clean_segment
 from tests.conftest import ROOT
 from tests.test_download import leftovers
 
@@ -199,8 +199,8 @@ def test_kill_9_mid_run_then_rerun_resumes(feishu, tmp_path, prefect_api):
 def test_token_from_a_prefect_secret_block(prefect_api):
     from prefect.blocks.system import Secret
 
-    from tasks.errors import UsageError
-    from tasks.feishu import personal_base_token
+    from core.errors import UsageError
+    from tasks.credentials import personal_base_token
 
     Secret(value="pt-from-block").save("feishu-token-plain", overwrite=True)
     Secret(value={"personal_base_token": "pt-from-json"}).save("feishu-token-json", overwrite=True)

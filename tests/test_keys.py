@@ -1,7 +1,7 @@
 import pytest
 
-from tasks.errors import UnsafeKeyError
-from tasks.keys import local_path, parse_suffixes, prefix_folder, relative_path, wanted
+from core.errors import UnsafeKeyError
+from core.paths import local_path, parse_suffixes, prefix_folder, relative_path, wanted
 
 
 @pytest.mark.parametrize("prefix, key, expected", [

@@ -3,11 +3,11 @@ import errno
 
 import pytest
 
-from tasks.backends import Page
-from tasks.errors import (DiskFull, DownloadError, HTTPStatusError, ListingError, LocalPathError, TooSlow,
+from core.sources import Page
+from core.errors import (DiskFull, DownloadError, HTTPStatusError, ListingError, LocalPathError, TooSlow,
                           as_download_error, http_error)
-from tasks.keys import RemoteObject
-from tasks.listing import ListingGuard, list_page, pages
+from core.model import RemoteObject
+from core.listing import ListingGuard, list_page, pages
 
 
 def page(keys, next_token=None, truncated=None):

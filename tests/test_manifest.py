@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from tasks.errors import UsageError
-from tasks.manifest import FLUSH_EVERY, Done, Manifest, Outcome
+from core.errors import UsageError
+from core.manifest import FLUSH_EVERY, Done, Manifest
+from core.model import Outcome
 
 
 def test_records_and_pages_failures_of_one_run(tmp_path):
@@ -82,7 +83,7 @@ def test_a_full_disk_is_reported_by_the_next_flush(tmp_path):
     m = Manifest(tmp_path)
     m._db.execute("PRAGMA max_page_count=1")  # the database cannot grow: SQLite says "database or disk is full"
     m.add([Outcome(f"k{i}", 1, "e" * 200, 1) for i in range(200)], "r")
-    from tasks.errors import DiskFull
+    from core.errors import DiskFull
     with pytest.raises(DiskFull, match="no space left"):
         m.flush()
     m.close()

@@ -1,7 +1,7 @@
 """Names from people's data: cleaned, foldered, de-duplicated, never outside the output folder."""
 from pathlib import PurePosixPath
 
-from tasks.naming import AttachmentNaming, UniquePaths, cell_text, clean_segment, split_name
+from core.naming import AttachmentNaming, UniquePaths, cell_text, clean_segment, split_name
 
 
 def test_clean_segment_removes_separators_controls_and_reserved_names():

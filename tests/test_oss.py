@@ -94,8 +94,8 @@ def test_sts_token_and_v4_signing(oss, oss_bucket, tmp_path, prefect_api):
 
 
 def test_connection_pool_is_sized_to_the_concurrency(oss, oss_bucket):
-    from tasks.backends import StoreConfig, make_backend
-    backend = make_backend(StoreConfig(backend="oss", bucket=oss_bucket, endpoint=oss.endpoint, concurrency=64))
+    from core.sources import StoreConfig, make_source
+    backend = make_source(StoreConfig(backend="oss", bucket=oss_bucket, endpoint=oss.endpoint, concurrency=64))
     adapter = backend.bucket.session.session.get_adapter(oss.endpoint)
     assert adapter._pool_maxsize == 64
 
@@ -106,9 +106,9 @@ def test_connection_pool_is_sized_to_the_concurrency(oss, oss_bucket):
 ])
 def test_oss_through_its_s3_api_gets_the_settings_oss_needs(endpoint, region):
     """OSS's S3 API: virtual-hosted style, SigV4 with the OSS region, no boto3 default checksums."""
-    from tasks.backends import StoreConfig
-    from tasks.backends.s3 import S3Backend
-    backend = S3Backend(StoreConfig(backend="s3", bucket="my-bucket", endpoint=endpoint, concurrency=40))
+    from core.sources import StoreConfig
+    from core.sources.s3 import S3Source
+    backend = S3Source(StoreConfig(backend="s3", bucket="my-bucket", endpoint=endpoint, concurrency=40))
     config = backend.client.meta.config
     assert config.s3["addressing_style"] == "virtual" and config.signature_version == "s3v4"
     assert (config.request_checksum_calculation, config.response_checksum_validation) == \
@@ -118,5 +118,5 @@ def test_oss_through_its_s3_api_gets_the_settings_oss_needs(endpoint, region):
     assert url.startswith(endpoint.replace("https://", "https://my-bucket.") + "/a/b.jpg?")
     assert f"%2F{region}%2Fs3%2Faws4_request" in url
     # A store that is not OSS keeps the caller's choice (auto → boto3 picks).
-    other = S3Backend(StoreConfig(backend="s3", bucket="b", endpoint="http://127.0.0.1:9000"))
+    other = S3Source(StoreConfig(backend="s3", bucket="b", endpoint="http://127.0.0.1:9000"))
     assert other.client.meta.config.s3["addressing_style"] == "auto"

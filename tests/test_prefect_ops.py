@@ -404,7 +404,7 @@ def test_credentials_blocks_typed_and_legacy(ops):
 
     from deployments.setup import save_secret_credentials
     from tasks.credentials import load_block_credentials
-    from tasks.errors import UsageError
+    from core.errors import UsageError
     with temporary_settings({PREFECT_API_URL: ops["api"]}):
         save_secret_credentials("legacy-creds", "legacy-id", "legacy-secret", "legacy-token")
         assert load_block_credentials("legacy-creds") == {

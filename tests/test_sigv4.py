@@ -5,7 +5,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tasks.backends.sigv4 import FastPresigner
+from core.sources.sigv4 import FastPresigner
 
 
 def botocore_client(endpoint, style="path", token=None, region="us-east-1"):

@@ -16,7 +16,7 @@ import pexpect
 import pyte
 import pytest
 
-from tasks.report import human_bytes
+from core.report import human_bytes
 from tests.conftest import ROOT, run_cli
 from tests.test_download import body, leftovers, local_files, put
 

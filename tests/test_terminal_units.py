@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.batch import Tally
-from tasks.keys import RemoteObject, parse_suffixes, wanted
-from tasks.progress import Meter, clock
-from tasks.report import Preview, Summary, nothing_selected
+from core.model import Counts
+from core.model import RemoteObject
+from core.paths import parse_suffixes, wanted
+from core.progress import Meter, clock
+from core.report import Preview, Summary, nothing_selected
 
 
 @pytest.mark.parametrize("spec, key, expected", [
@@ -55,7 +56,7 @@ def test_speed_counts_from_the_first_byte_over_a_window():
 
 
 def test_summary_speaks_the_bar_s_units_and_keeps_raw_numbers_for_artifacts():
-    tally = Tally(listed=2000, downloaded=2000, bytes=10 * 1024 * 1024)
+    tally = Counts(listed=2000, downloaded=2000, bytes=10 * 1024 * 1024)
     summary = Summary.of(tally, 8.25, None)
     text = summary.text(seconds=22.6, active_seconds=2.5)
     assert "  size              10.0 MiB" in text and "  time              22.6 s" in text
@@ -69,7 +70,7 @@ def test_summary_speaks_the_bar_s_units_and_keeps_raw_numbers_for_artifacts():
 def test_preview_says_what_is_present_and_what_is_left():
     preview = Preview()
     objects = [RemoteObject(f"data/{i}", 1024 * (i + 1)) for i in range(25)]
-    preview.add(Tally(listed=26, filtered_out=1), objects)
+    preview.add(Counts(listed=26, filtered_out=1), objects)
     preview.present, preview.present_bytes = 5, 15 * 1024
     lines = preview.text().splitlines()
     assert lines[:3] == ["Preview: 25 objects, 325.0 KiB (1 filtered out)",
@@ -89,5 +90,5 @@ def test_preview_says_what_is_present_and_what_is_left():
 ])
 def test_an_empty_selection_says_why(prefix, listed, filtered, expected):
     params = SimpleNamespace(backend="s3", bucket="b", prefix=prefix, include_suffix=["*.jpg"])
-    summary = Summary.of(Tally(listed=listed, filtered_out=filtered), 1.0, None)
+    summary = Summary.of(Counts(listed=listed, filtered_out=filtered), 1.0, None)
     assert nothing_selected(summary, params) == expected

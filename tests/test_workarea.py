@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from tasks.errors import LocalPathError, UsageError
-from tasks.workarea import Output, OutputBusy
+from core.errors import LocalPathError, UsageError
+from core.workarea import Output, OutputBusy
 
 
 def make_file(out: Output, rel: str, data: bytes) -> None:
@@ -111,7 +111,7 @@ def test_one_writer_per_output_and_per_shard(tmp_path):
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
-    code = ("import os, sys; from tasks.workarea import Output; o = Output(sys.argv[1], owner={'flow_run_id': 'dead'});"
+    code = ("import os, sys; from core.workarea import Output; o = Output(sys.argv[1], owner={'flow_run_id': 'dead'});"
             " os._exit(0)")  # dies holding the lock, as kill -9 would leave it
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=os.getcwd())
     with Output(tmp_path) as out:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tasks.errors import DiskFull, UsageError
-from tasks.keys import MANIFEST_NAME
+from core.errors import DiskFull, UsageError
+from core.model import MANIFEST_NAME, Outcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -39,24 +39,6 @@ CREATE INDEX IF NOT EXISTS objects_by_run ON objects (run_id, state);
 COLUMNS = {"mtime_ns": "INTEGER"}  # the local file's modification time when it was recorded done
 FLUSH_EVERY = 1.0      # seconds: the most a killed run can lose
 FLUSH_AT = 2000        # outcomes: write sooner when this many wait
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The result of trying one object in this run."""
-    key: str
-    size: int
-    etag: str
-    attempts: int
-    error: str | None = None
-    retryable: bool = False
-    bytes_fetched: int = 0
-    path: str = ""
-    mtime_ns: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(slots=True)
@@ -215,17 +197,20 @@ class Manifest:
                 found.update((k, Done(s, e, m)) for k, s, e, m in rows)
         return found
 
-    def failed(self, run_id: str, retryable_only: bool = False, chunk: int = 1000) -> Iterator[list[FailedRow]]:
-        """This run's failures in key order, a chunk at a time (keyset paging keeps memory flat)."""
+    def failed(self, run_id: str, retryable_only: bool = False, chunk: int = 1000, first: str = ""
+               ) -> Iterator[list[FailedRow]]:
+        """This run's failures in key order from `first` on, a chunk at a time (keyset paging keeps memory
+        flat)."""
         self.flush()
-        after = ""
+        after, since = first, ">="
         extra = " AND retryable=1" if retryable_only else ""
         while True:
             with self._lock:
                 rows = self._db.execute(
                     "SELECT key, size, etag, attempts, last_error, retryable, path FROM objects"
-                    f" WHERE run_id=? AND state='failed'{extra} AND key > ? ORDER BY key LIMIT ?",
+                    f" WHERE run_id=? AND state='failed'{extra} AND key {since} ? ORDER BY key LIMIT ?",
                     (run_id, after, chunk)).fetchall()
+            since = ">"
             if not rows:
                 return
             yield [FailedRow(k, s, e, a, err or "", bool(r), p) for k, s, e, a, err, r, p in rows]

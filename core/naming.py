@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tasks.keys import MAX_NAME_BYTES, RESERVED_PREFIXES
+from core.paths import MAX_NAME_BYTES, RESERVED_PREFIXES
 
 UNCATEGORIZED = "未分类"
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')

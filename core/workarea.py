@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from tasks.errors import LocalPathError, UsageError, as_download_error
+from core.errors import LocalPathError, UsageError, as_download_error
 
 WORK_DIR = ".ossdl"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

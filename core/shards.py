@@ -5,9 +5,8 @@ import csv
 import os
 from pathlib import Path
 
-from tasks.batch import Tally
-from tasks.keys import FAILED_CSV_NAME, tool_file
-from tasks.report import CSV_HEADER, TABLE_ROWS
+from core.model import FAILED_CSV_NAME, Counts, tool_file
+from core.report import CSV_HEADER, TABLE_ROWS
 
 
 def split(folders: list[str], shards: int) -> list[tuple[str, str]]:
@@ -25,10 +24,10 @@ def shard_names(count: int) -> list[str]:
     return [f"s{i}" for i in range(count)]
 
 
-def tally_from_rows(rows: list[dict]) -> Tally:
+def counts_from_rows(rows: list[dict]) -> Counts:
     """A shard's counts from its summary artifact (rows of metric/value)."""
     values = {r["metric"].replace(" ", "_"): r["value"] for r in rows}
-    return Tally(**{name: int(values.get(name, 0)) for name in
+    return Counts(**{name: int(values.get(name, 0)) for name in
                     ("listed", "filtered_out", "already_present", "downloaded", "failed", "restore_required",
                      "bytes")})
 

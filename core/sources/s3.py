@@ -8,10 +8,10 @@ import boto3
 import botocore.exceptions as bx
 from botocore.config import Config
 
-from tasks.backends import CHECK_ATTEMPTS, PAGE_SIZE, Page, StoreConfig, clip
-from tasks.backends.sigv4 import FastPresigner
-from tasks.errors import HTTPStatusError, UsageError, retrying_sync
-from tasks.keys import RemoteObject
+from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.sources.sigv4 import FastPresigner
+from core.errors import ListingError, UsageError, retrying_sync
+from core.model import RemoteObject
 
 URL_TTL = 3600
 # Aliyun OSS's S3-compatible endpoints: s3.oss-<region>.aliyuncs.com or oss-<region>[-internal].aliyuncs.com
@@ -44,8 +44,8 @@ def client_settings(config: StoreConfig) -> tuple[dict, Config]:
     return kwargs, cfg
 
 
-class S3Backend:
-    ordered = True
+class S3Source(Source):
+    """Any S3-compatible store: boto3 lists, a lean SigV4 presigner signs each GET."""
 
     def __init__(self, config: StoreConfig):
         self.config = config
@@ -102,7 +102,8 @@ class S3Backend:
         page = Page(objects, resp.get("NextContinuationToken") if truncated else None, truncated)
         return clip(page, self.config.end_before)
 
-    def signer(self, key: str):
+    def signer(self, obj: RemoteObject, again: bool = False):
+        key = obj.key
         if self._fast is None:
             self._fast = self._fast_presigner()
         if self._fast:
@@ -118,10 +119,9 @@ class S3Backend:
         except Exception:  # noqa: BLE001 - anything unusual: botocore signs every URL
             return False
 
-    def link_expired(self, err: HTTPStatusError) -> bool:
-        return err.expired
-
     def folders(self) -> list[str]:
+        """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
+        seen: set = set()
         found, token = [], None
         while True:
             args = {"Bucket": self.config.bucket, "Prefix": self.config.prefix, "Delimiter": "/"}
@@ -135,3 +135,6 @@ class S3Backend:
             token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
             if not token:
                 return found
+            if token in seen:
+                raise ListingError("the store repeated a continuation token listing the top folders")
+            seen.add(token)

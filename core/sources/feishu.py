@@ -16,11 +16,13 @@ from pathlib import Path
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from tasks.backends import Page
-from tasks.errors import DownloadError, HTTPStatusError, UsageError, is_retryable
-from tasks.keys import RemoteObject
-from tasks.naming import AttachmentNaming
-from tasks.transfer import UNKNOWN_SIZE, Engine, RateLimit
+from core.sources import Page, Source
+from core.errors import DownloadError, HTTPStatusError, UsageError, is_retryable
+from core.model import RemoteObject
+from core.naming import UNCATEGORIZED, AttachmentNaming
+from core.engine import Engine
+from core.engine.limits import RateLimit
+from core.model import UNKNOWN_SIZE
 
 DOMAINS = {"feishu": "https://base-api.feishu.cn", "lark": "https://base-api.larksuite.com"}
 ATTACHMENT_TYPE = 17
@@ -44,27 +46,6 @@ def token_from_env() -> str:
     from dotenv import load_dotenv
     load_dotenv(Path.cwd() / ".env")
     return os.environ.get("PERSONAL_BASE_TOKEN", "").strip()
-
-
-def personal_base_token(block_name: str | None = None) -> str:
-    """The token from a Prefect Secret block (by name), else PERSONAL_BASE_TOKEN from the env or ./.env."""
-    if block_name:
-        from prefect.blocks.system import Secret
-        try:
-            value = Secret.load(block_name).get()
-        except ValueError:
-            raise UsageError(f"token block {block_name!r} not found (create a Secret block with that name)") \
-                from None
-        if isinstance(value, dict):
-            value = value.get("personal_base_token") or value.get("token") or ""
-        if not value:
-            raise UsageError(f"token block {block_name!r} holds no personal base token")
-        return str(value)
-    token = token_from_env()
-    if not token:
-        raise UsageError("no personal base token: set PERSONAL_BASE_TOKEN (environment or .env)"
-                         " or name a Prefect Secret block")
-    return token
 
 
 def api_error(status: int, code, message: str) -> Exception:
@@ -241,13 +222,40 @@ def _refused_batch(exc: Exception) -> bool:
 
 
 @dataclass
-class BitableSource:
+class BitableTable:
     """Which table to read; holds no secret (the token lives only in the client)."""
     app_token: str
     table_id: str
     view_id: str | None = None
     attachment_fields: list[str] = field(default_factory=list)  # names or ids; empty: all attachment fields
     page_size: int = PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class FeishuSpec:
+    """The Feishu flow's source as data: the table, the naming rules, the Open API's address and limits.
+    The personal base token is not in here: whoever opens the run brings it."""
+    table: BitableTable
+    name_fields: tuple[str, ...] = ()
+    name_separator: str = "-"
+    folder_fields: tuple[str, ...] = ()
+    uncategorized: str = UNCATEGORIZED
+    base_url: str = DOMAINS["feishu"]
+    requests_per_second: float = 2.0
+    connect_timeout: float = 10
+    read_timeout: float = 60
+    backoff: float = 1.0
+
+    def naming(self) -> AttachmentNaming:
+        return AttachmentNaming(list(self.name_fields), self.name_separator, list(self.folder_fields),
+                                self.uncategorized)
+
+    def client(self, token: str) -> FeishuClient:
+        return FeishuClient(self.base_url, token, self.requests_per_second, self.connect_timeout,
+                            self.read_timeout, backoff=self.backoff)
+
+    def source(self, token: str, engine: Engine) -> "BitableSource":
+        return BitableSource(self.table, self.client(token), engine, self.naming())
 
 
 def _size(cell: dict) -> int:
@@ -259,14 +267,15 @@ def _size(cell: dict) -> int:
     return size if size >= 0 else UNKNOWN_SIZE
 
 
-class FeishuBackend:
-    """A Backend (see tasks/backends) over a Bitable table: one download item per attachment cell file.
+class BitableSource(Source):
+    """The attachments of a Bitable table, one item per file of an attachment cell. Records are read page by
+    page; links come from the LinkBroker (batched within the token's rate limit).
 
     Item key: `record_id/field_id/file_token` (stable); local path: from the naming rules."""
 
     ordered = False  # records come in the table's order, not by key
 
-    def __init__(self, source: BitableSource, client: FeishuClient, engine: Engine, naming: AttachmentNaming):
+    def __init__(self, source: BitableTable, client: FeishuClient, engine: Engine, naming: AttachmentNaming):
         self.source, self.client, self.engine, self.naming = source, client, engine, naming
         self.links = LinkBroker(client, source.table_id)
         self._fields: dict[str, str] | None = None  # attachment field name → id
@@ -312,16 +321,21 @@ class FeishuBackend:
                                                 path=self.naming.place(values, cell.get("name", ""))))
         return Page(objects, next_token if more else None, more)
 
-    def signer(self, key: str):
+    def signer(self, obj: RemoteObject, again: bool = False):
         """Asked for each file about to be downloaded (not for those already present): its link rides
-        along in the batches of the files before it."""
-        record_id, field_id, file_token = key.split("/", 2)
+        along in the batches of the files before it. `again`: a retry, whose old link may have expired."""
+        record_id, field_id, file_token = obj.key.split("/", 2)
         att = Attachment(file_token, field_id, record_id)
         self.links.expect([att])
-        return lambda refresh: self.links.link(att, refresh)
+        first = [again]
+
+        def sign(refresh: bool):
+            refresh, first[0] = refresh or first[0], False
+            return self.links.link(att, refresh)
+        return sign
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         return link_expired(err)
 
-    def folders(self) -> list[str]:
-        return []
+    def close(self) -> None:
+        self.engine.run(self.client.close())

@@ -1,43 +1,17 @@
-"""What gets downloaded and where it lands: key → local path, suffix filter, unsafe keys."""
+"""What gets downloaded and where it lands: key → local path, the filter, unsafe and reserved names."""
 from __future__ import annotations
 
 import functools
 import os
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tasks.errors import UnsafeKeyError
+from core.errors import UnsafeKeyError
+from core.model import RemoteObject
 
-# Files the tool itself keeps in the output folder; an object may not overwrite them.
-MANIFEST_NAME = ".oss-manifest.sqlite"
-FAILED_CSV_NAME = ".oss-failed.csv"
 RESERVED_PREFIXES = (".oss-", ".ossdl")  # manifests and CSVs (also per shard), the work area .ossdl/
-ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep_archive"}
 MAX_NAME_BYTES = 255
-
-
-@dataclass(slots=True, frozen=True)
-class RemoteObject:
-    key: str
-    size: int
-    etag: str = ""
-    storage_class: str = ""
-    path: str = ""  # relative local path chosen by the source (Feishu naming rules); '' = from the key
-    modified: str | float = ""  # the listing's LastModified, as the SDK gave it (parsed only when needed)
-
-    @property
-    def needs_restore(self) -> bool:
-        return self.storage_class.lower() in ARCHIVE_CLASSES
-
-
-def tool_file(name: str, shard: str | None) -> str:
-    """The tool's own file name, per shard when the job is split: .oss-manifest.sqlite → .oss-manifest-s1.sqlite."""
-    if not shard:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    return f"{stem}-{shard}{dot}{ext}"
 
 
 def prefix_folder(prefix: str) -> str:
@@ -165,7 +139,7 @@ def listed_seconds(modified: str | float) -> int | None:
 def prepare_output(output: str | Path) -> Path:
     """Create the output folder and check it is a writable folder, or raise UsageError. (Opening it for
     a run — tasks/workarea.Output — makes the work area in it, which proves it for real.)"""
-    from tasks.errors import UsageError
+    from core.errors import UsageError
     path = Path(output).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)

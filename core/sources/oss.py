@@ -8,9 +8,9 @@ import oss2
 import oss2.exceptions as ox
 from oss2.credentials import StaticCredentialsProvider
 
-from tasks.backends import CHECK_ATTEMPTS, PAGE_SIZE, Page, StoreConfig, clip
-from tasks.errors import HTTPStatusError, UsageError, retrying_sync
-from tasks.keys import RemoteObject
+from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.errors import ListingError, UsageError, retrying_sync
+from core.model import RemoteObject
 
 URL_TTL = 3600
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurityToken",
@@ -33,8 +33,8 @@ def oss_credentials(config: StoreConfig) -> tuple[str, str, str]:
     return key_id, secret, token
 
 
-class OssBackend:
-    ordered = True
+class OssSource(Source):
+    """Aliyun OSS: oss2 lists and signs (V1, or V4 with a region)."""
 
     def __init__(self, config: StoreConfig):
         if not config.endpoint:
@@ -86,14 +86,13 @@ class OssBackend:
         page = Page(objects, (result.next_continuation_token or None) if truncated else None, truncated)
         return clip(page, self.config.end_before)
 
-    def signer(self, key: str):
-        sign = self.bucket.sign_url
+    def signer(self, obj: RemoteObject, again: bool = False):
+        sign, key = self.bucket.sign_url, obj.key
         return lambda refresh: sign("GET", key, URL_TTL, slash_safe=True)
 
-    def link_expired(self, err: HTTPStatusError) -> bool:
-        return err.expired
-
     def folders(self) -> list[str]:
+        """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
+        seen: set = set()
         found, token = [], ""
         while True:
             try:
@@ -105,3 +104,6 @@ class OssBackend:
             token = result.next_continuation_token if result.is_truncated else ""
             if not token:
                 return found
+            if token in seen:
+                raise ListingError("the store repeated a continuation token listing the top folders")
+            seen.add(token)

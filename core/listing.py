@@ -2,21 +2,22 @@
 and a listing that would end early or go round in circles is an error, never a short, successful run."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
-from tasks.backends import Backend, Page
-from tasks.errors import ListingError, as_download_error, retrying_sync
+from core.sources import Page, Source
+from core.errors import ListingError, as_download_error, retrying_sync
 
 
-def list_page(backend: Backend, token: str | None, attempts: int, backoff: float,
+def list_page(source: Source, token: str | None, attempts: int, backoff: float,
               slot: Callable = contextlib.nullcontext) -> Page:
     """One page, retried on retryable failures; ListingError saying why when it cannot be had."""
     try:
         for attempt in retrying_sync(attempts, backoff):
             with attempt:
                 with slot():
-                    return backend.list_page(token)
+                    return source.list_page(token)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line
         err = as_download_error(exc)
         tries = f" after {attempts} attempts" if err.retryable and attempts > 1 else ""
@@ -59,10 +60,10 @@ class ListingGuard:
         self.seen.add(page.next_token)
 
 
-def pages(backend: Backend, fetch: Callable[[str | None, int], Page]) -> Iterator[Page]:
+def pages(source: Source, fetch: Callable[[str | None, int], Page]) -> Iterator[Page]:
     """Every page of the listing, checked by the guard. `fetch(token, page_no)` gets one page (e.g.
     `list_page` above, or a Prefect task around it)."""
-    guard = ListingGuard(getattr(backend, "ordered", False))
+    guard = ListingGuard(getattr(source, "ordered", False))
     token, page_no = None, 0
     while True:
         page = fetch(token, page_no)
@@ -72,3 +73,14 @@ def pages(backend: Backend, fetch: Callable[[str | None, int], Page]) -> Iterato
         if not page.truncated:
             return
         token, page_no = page.next_token, page_no + 1
+
+
+async def apages(source: Source, fetch: Callable[[str | None, int], Page]) -> AsyncIterator[Page]:
+    """pages(), for a caller on an event loop: each page is fetched in a thread (the SDKs block)."""
+    loop = asyncio.get_running_loop()
+    it = pages(source, fetch)
+    while True:
+        page = await loop.run_in_executor(None, next, it, None)
+        if page is None:
+            return
+        yield page

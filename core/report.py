@@ -4,17 +4,17 @@ from __future__ import annotations
 import csv
 import heapq
 import io
-import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tasks.batch import Plan, Tally, not_present, select
-from tasks.errors import DownloadError
-from tasks.keys import FAILED_CSV_NAME, RemoteObject, target
-from tasks.manifest import Manifest
-from tasks.workarea import Output
+from core.model import FAILED_CSV_NAME, Counts, Plan, RemoteObject
+from core.selection import not_present, select
+from core.errors import DownloadError
+from core.paths import target
+from core.manifest import Manifest
+from core.workarea import Output
 
 CSV_HEADER = ["key", "last_error", "retry_count"]
 TABLE_ROWS = 1000
@@ -38,7 +38,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)  # warnings worth a line (e.g. a manifest rebuilt)
 
     @classmethod
-    def of(cls, tally: Tally, seconds: float, failed_csv: Path | None, incomplete: str = "",
+    def of(cls, tally: Counts, seconds: float, failed_csv: Path | None, incomplete: str = "",
            notes: list[str] | None = None) -> "Summary":
         seconds = max(seconds, 1e-6)
         return cls(tally.listed, tally.filtered_out, tally.already_present, tally.downloaded, tally.failed,
@@ -129,7 +129,7 @@ class Preview:
     def bytes_to_fetch(self) -> int:
         return self.total_bytes - self.present_bytes
 
-    def add(self, tally: Tally, chosen: list[RemoteObject]) -> None:
+    def add(self, tally: Counts, chosen: list[RemoteObject]) -> None:
         self.filtered_out += tally.filtered_out
         for obj in chosen:
             self.count += 1

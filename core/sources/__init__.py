@@ -1,12 +1,12 @@
-"""Backends list a bucket page by page and sign GET URLs; the transfer engine does the rest."""
+"""Where objects come from: the Source protocol, and the stores behind it (S3 through boto3, OSS through
+oss2). Sources only list and sign; the engine fetches every byte."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Protocol
 
-from tasks.errors import HTTPStatusError, UsageError
-from tasks.keys import RemoteObject
-from tasks.transfer import Signer
+from core.errors import HTTPStatusError, UsageError
+from core.model import RemoteObject
+from core.engine import Signer
 
 PAGE_SIZE = 1000
 CHECK_ATTEMPTS = 3  # the pre-flight listing request, before a run starts
@@ -46,31 +46,39 @@ def clip(page: Page, end_before: str) -> Page:
     return Page([o for o in page.objects if o.key < end_before])
 
 
-class Backend(Protocol):
-    ordered: bool  # keys come in strictly increasing order (object stores): the listing guard checks it
+class Source:
+    """What the runner needs of a place to download from: pages of listed objects, one request each
+    (core/listing.py pages, guards and retries them), a signer per object, and which refusals mean an
+    expired link. Stores (S3, OSS), Feishu Bitable records, and the files the plugin pushes."""
+
+    ordered = True  # keys come in strictly increasing order (object stores): the listing guard checks it
 
     def check(self) -> None:
-        """Raise UsageError with one clear line if the bucket cannot be listed."""
+        """Raise UsageError with one clear line when nothing can be listed (before a run starts)."""
 
     def list_page(self, token: str | None) -> Page:
-        """One listing page (at most PAGE_SIZE keys) after `token` (None: the first page), one request:
-        failures are raised as they are (tasks/listing.py classifies and retries them)."""
+        """One listing page after `token` (None: the first page), one request: failures are raised as they
+        are (core/listing.py classifies and retries them)."""
+        raise NotImplementedError
 
-    def signer(self, key: str) -> Signer:
-        """A function giving a fresh signed GET URL for the key."""
+    def signer(self, obj: RemoteObject, again: bool = False) -> Signer:
+        """Gives a signed GET URL for the object; `again`: a later attempt (a source may want a fresh link
+        from the start)."""
+        raise NotImplementedError
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         """Whether a refused GET means the URL expired (so re-sign and try again)."""
+        return err.expired
 
-    def folders(self) -> list[str]:
-        """The common prefixes one '/' level below the prefix, in key order (to split a job into shards)."""
-
-
-_made: dict[tuple, Backend] = {}
+    def close(self) -> None:
+        """Release what the source holds open (API sessions); the engine is still running."""
 
 
-def make_backend(config: StoreConfig) -> Backend:
-    """The backend for a config; one per config and process, because a boto3/oss2 client costs ~0.3 s
+_made: dict[tuple, Source] = {}
+
+
+def make_source(config: StoreConfig) -> Source:
+    """The store for a config; one per config and process, because a boto3/oss2 client costs ~0.3 s
     of CPU to build and the CLI's pre-flight check and the flow would otherwise build two."""
     if not config.bucket:
         raise UsageError("--bucket is required")
@@ -78,11 +86,11 @@ def make_backend(config: StoreConfig) -> Backend:
                  else getattr(config, f.name)) for f in fields(config))
     if key not in _made:
         if config.backend == "s3":
-            from tasks.backends.s3 import S3Backend
-            _made[key] = S3Backend(config)
+            from core.sources.s3 import S3Source
+            _made[key] = S3Source(config)
         elif config.backend == "oss":
-            from tasks.backends.oss import OssBackend
-            _made[key] = OssBackend(config)
+            from core.sources.oss import OssSource
+            _made[key] = OssSource(config)
         else:
             raise UsageError(f"unknown backend {config.backend!r} (choose s3 or oss)")
     return _made[key]

@@ -5,7 +5,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from tasks.keys import RESERVED_PREFIXES
+from core.paths import RESERVED_PREFIXES
 
 # Already compressed: deflating them again costs CPU and saves nothing.
 _STORED = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".heic", ".mp4", ".mov", ".avi", ".mkv", ".mp3", ".m4a",

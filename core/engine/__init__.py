@@ -1,0 +1,172 @@
+"""The streaming HTTP engine: one asyncio loop in a thread of its own, one aiohttp session and one request
+semaphore per process. Sources only list and sign; every byte of every object is fetched here from a signed
+URL, so OSS, S3, Feishu and plugin links share resume, ranged parts, integrity checks and the limits.
+
+    loop + session + slots    this module
+    fetch (whole, ranged)     core/engine/fetch.py
+    checks                    core/engine/verify.py
+    final names (durable)     core/engine/commit.py
+    rate, low speed           core/engine/limits.py
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, Union
+
+import aiohttp
+from yarl import URL
+
+from core.engine import fetch as _fetch
+from core.engine.commit import GroupCommit
+from core.engine.fetch import Fetched
+from core.engine.limits import RateLimit
+from core.engine.verify import bare_etag
+from core.errors import HTTPStatusError, http_error
+from core.model import Settings
+from core.workarea import Output
+
+MiB = 1 << 20
+
+# sign(refresh) -> URL, or (URL, extra headers) for links that need e.g. a bearer token; refresh=True means
+# the previous link was refused as expired. May be async (a Feishu link is asked from the browser plugin).
+Link = Union[str, tuple[str, dict]]
+Signer = Callable[[bool], Union[Link, Awaitable[Link]]]
+
+
+class Stopped(Exception):
+    """The engine was closed (Ctrl-C): what finished is recorded, the rest resumes next run."""
+
+
+def default_link_expired(err: HTTPStatusError) -> bool:
+    return err.expired
+
+
+class Engine:
+    def __init__(self, concurrency: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
+                 part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB,
+                 max_requests_per_second: float | None = None, low_speed_limit: float = 1024,
+                 low_speed_time: float = 60):
+        self.concurrency = concurrency
+        self._rate = RateLimit(max_requests_per_second) if max_requests_per_second else None
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.low_speed = (low_speed_limit, low_speed_time) if low_speed_limit > 0 and low_speed_time > 0 else None
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None,
+                                              sock_read=read_timeout or None)
+        self.bytes_done = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="transfer-engine", daemon=True)
+        self._files = ThreadPoolExecutor(max_workers=2, thread_name_prefix="files")
+        self.committer = GroupCommit()
+        self._sem: asyncio.Semaphore
+        self._session: aiohttp.ClientSession
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Engine":
+        self._thread.start()
+        self.run(self._open_session())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def _open_session(self) -> None:
+        self._sem = asyncio.Semaphore(self.concurrency)
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                              auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self.run(self._shutdown(), timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._files.shutdown(wait=True)
+        self.committer.executor.shutdown(wait=True)
+
+    async def _shutdown(self) -> None:
+        """Cancel what is in flight and wait for it, so its cleanup (manifest writes) is done on return."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._session.close()
+
+    def run(self, coro, timeout: float | None = None):
+        """Run a coroutine on the engine's loop from any thread and wait for its result.
+
+        Raises Stopped when the engine was closed (Ctrl-C) while it ran."""
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        except concurrent.futures.CancelledError:
+            raise Stopped() from None
+
+    def in_files(self, fn, *args):
+        """Run a blocking file-system call in the engine's file threads (awaitable, on the loop)."""
+        return asyncio.get_running_loop().run_in_executor(self._files, fn, *args)
+
+    # -- the request limit ----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        async with self._sem:
+            if self._rate:
+                await self._rate.wait()
+            yield
+
+    async def _acquire(self) -> None:
+        await self._sem.acquire()
+        if self._rate:
+            await self._rate.wait()
+
+    @contextlib.contextmanager
+    def request_slot(self):
+        """A slot of the same semaphore for a blocking request made in another thread (listing),
+        so the total number of requests in flight never exceeds the concurrency."""
+        asyncio.run_coroutine_threadsafe(self._acquire(), self._loop).result()
+        try:
+            yield
+        finally:
+            self._loop.call_soon_threadsafe(self._sem.release)
+
+    # -- fetching --------------------------------------------------------------------------------
+    async def open(self, sign: Signer, headers: dict, expired: Callable) -> aiohttp.ClientResponse:
+        """GET with a freshly signed URL; one re-sign when the store says the link expired."""
+        for refresh in (False, True):
+            link = sign(refresh)
+            if inspect.isawaitable(link):
+                link = await link
+            url, extra = link if isinstance(link, tuple) else (link, None)
+            # encoded=True: the signature covers the exact percent-encoding the signer produced.
+            resp = await self._session.get(URL(url, encoded=True), headers={**headers, **extra} if extra else headers)
+            if resp.status in (200, 206):
+                return resp
+            body = await resp.read()
+            resp.release()
+            err = http_error(resp.status, body)
+            if refresh or not expired(err):
+                raise err
+        raise AssertionError("unreachable")
+    async def fetch(self, sign: Signer, out: Output, rel: str, size: int, etag: str = "",
+                    expired: Callable[[HTTPStatusError], bool] = default_link_expired,
+                    on_bytes: Callable[[int], None] | None = None) -> Fetched:
+        """Download one object to `out`/`rel` (temp file in the work area, verified, then renamed).
+        `size` and `etag` are what the listing said (UNKNOWN_SIZE / "" when the source gives none);
+        `on_bytes(n)` hears of every chunk, on the loop. Raises on failure."""
+        etag = bare_etag(etag)
+        if size >= self.multipart_threshold and size > self.part_size:
+            return await _fetch.fetch_parts(self, sign, out, rel, size, etag, expired, on_bytes)
+        return await _fetch.fetch_whole(self, sign, out, rel, size, etag, expired, on_bytes)
+
+
+def engine_for(settings: Settings) -> Engine:
+    """A (not yet started) engine with a run's settings."""
+    return Engine(settings.concurrency, settings.connect_timeout, settings.read_timeout,
+                  max_requests_per_second=settings.max_requests_per_second,
+                  low_speed_limit=settings.low_speed_limit, low_speed_time=settings.low_speed_time)

@@ -1,0 +1,135 @@
+"""The words the runner speaks: what a listing gives (RemoteObject), what a run plans (Plan, Settings), what
+one attempt came to (Outcome) and what a run counts (Counts). Plain data: picklable, no live objects."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep_archive"}
+UNKNOWN_SIZE = -1  # a source that gives no size (some plugin links): the response's length is checked
+MANIFEST_NAME = ".oss-manifest.sqlite"
+FAILED_CSV_NAME = ".oss-failed.csv"
+
+
+@dataclass(slots=True, frozen=True)
+class RemoteObject:
+    key: str
+    size: int
+    etag: str = ""
+    storage_class: str = ""
+    path: str = ""  # relative local path chosen by the source (Feishu naming rules); '' = from the key
+    modified: str | float = ""  # the listing's LastModified, as the SDK gave it (parsed only when needed)
+
+    @property
+    def needs_restore(self) -> bool:
+        return self.storage_class.lower() in ARCHIVE_CLASSES
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of trying one object in this run."""
+    key: str
+    size: int
+    etag: str
+    attempts: int
+    error: str | None = None
+    retryable: bool = False
+    bytes_fetched: int = 0
+    path: str = ""
+    mtime_ns: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def tool_file(name: str, shard: str | None) -> str:
+    """The tool's own file name, per shard when the job is split: .oss-manifest.sqlite → .oss-manifest-s1.sqlite."""
+    if not shard:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}-{shard}{dot}{ext}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run selects and where it writes."""
+    output: Path
+    run_id: str
+    strip: str = ""                      # the part of each key not reproduced below the output
+    suffixes: tuple[str, ...] = ()       # the filter (suffixes or glob patterns); () = everything
+    max_attempts: int = 3
+    retry_backoff: float = 1.0
+    shard: str | None = None
+    path_column: bool = False            # failure CSV also names the local path (items keyed by id)
+    prefix: str = ""                     # what is listed: the failure CSV's key for an incomplete listing
+
+    @property
+    def manifest_name(self) -> str:
+        return tool_file(MANIFEST_NAME, self.shard)
+
+    @property
+    def failed_csv_name(self) -> str:
+        return tool_file(FAILED_CSV_NAME, self.shard)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard the engine may push: the one place concurrency and the limits are given to it."""
+    concurrency: int = 5
+    connect_timeout: float = 10
+    read_timeout: float = 60
+    max_requests_per_second: float | None = None
+    low_speed_limit: float = 1024
+    low_speed_time: float = 60
+
+
+@dataclass(frozen=True)
+class Job:
+    """A whole run as data — picklable, and without secrets: what to read (a source spec: StoreConfig, or
+    FeishuSpec), what to plan, how hard to push. `secret` names where the source's secret is kept (a Prefect
+    block) when it is not in the process's environment."""
+    plan: Plan
+    settings: Settings
+    source: object
+    secret: str | None = None
+
+
+_COUNTED = ("listed", "filtered_out", "already_present", "downloaded", "failed", "restore_required", "bytes",
+            "retrying", "retried")
+
+
+@dataclass
+class Counts:
+    """What a run (or one batch of it) counted: for the summary, and live, from several threads, for progress.
+    `retrying`/`retried`: round 2's own count, so its progress has a total and an end."""
+    listed: int = 0
+    filtered_out: int = 0
+    already_present: int = 0
+    downloaded: int = 0
+    failed: int = 0
+    restore_required: int = 0
+    bytes: int = 0
+    retrying: int = 0
+    retried: int = 0
+    phase: str = "listing and downloading"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def done(self) -> int:
+        """Objects that are here: fetched now or already present."""
+        return self.downloaded + self.already_present
+
+    def add(self, other: "Counts | None" = None, **deltas: int) -> "Counts":
+        with self._lock:
+            for name in _COUNTED:
+                setattr(self, name, getattr(self, name) + (getattr(other, name) if other else 0)
+                        + deltas.get(name, 0))
+        return self
+
+    def __getstate__(self):  # a batch's counts cross process boundaries in Prefect; locks do not
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
