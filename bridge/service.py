@@ -29,19 +29,19 @@ from websockets.exceptions import ConnectionClosed
 from bridge import protocol as p
 from bridge.links import PluginLinks
 from bridge.origins import Origins
-from core.errors import DownloadError, UsageError, as_download_error
-from core.sources.feishu import DOMAINS, Attachment, FeishuClient, LinkBroker, link_expired
-from core.model import FAILED_CSV_NAME, MANIFEST_NAME
-from core.paths import prepare_output
-from core.manifest import Manifest, Outcome
-from core.naming import UniquePaths, clean_segment
-from core.report import human_bytes, write_failed_csv
+from bridge.source import PluginSource
 from core.engine import MiB, Engine
-from core.model import UNKNOWN_SIZE
-from core.workarea import WORK_DIR, Output
+from core.errors import UsageError
+from core.model import MANIFEST_NAME, Plan
+from core.naming import UniquePaths, clean_segment
+from core.paths import prepare_output
+from core.report import human_bytes
+from core.run import Events, close_run, finish, open_run, retry_rows, round1, round2
+from core.sources.feishu import DOMAINS, FeishuClient, LinkBroker
+from core.workarea import WORK_DIR
 
 log = logging.getLogger("feishu-bridge")
-ATTEMPTS = 3  # round 1's own retries, until jobs run on the flows' shared round 1 / round 2 runner
+MAX_ATTEMPTS = 3  # per file in all, round 1 and round 2: the flows' default
 PROGRESS_EVERY = 0.5  # seconds between progress acks, per file and per job
 PROGRESS_MIN_BYTES = 4 * MiB  # smaller files only get their result
 STOP_SECONDS = 4.0  # stop() returns within this, even when a client ignores the close handshake
@@ -82,39 +82,42 @@ class _File:
     req: p.FileRequest
     rel: str
     state: str = "queued"  # queued | active | done | failed
-    attempts: int = 0
     size: int = 0  # bytes saved
 
 
-class Job:
-    """One plugin job (one per connection): its folder, manifest, downloads and final report."""
+class Job(Events):
+    """One plugin job (one per connection): its folder, and a run of the shared runner fed by the plugin's
+    messages — round 1 as files arrive, round 2 and the report after complete (or a disconnect). What the
+    runner does to each file comes back here (Events) as the plugin's acks, the log and the desktop's
+    counters."""
 
     def __init__(self, service: "BridgeService", config: p.JobConfig, send: Callable):
         self.service, self.config, self.send = service, config, send
         settings = service.settings
         self.name = config.folder_name
         self.folder = _new_folder(settings.output, clean_segment(self.name))
-        self.out = Output(self.folder)
-        self.manifest = Manifest(self.folder)
-        self.run_id = config.job_id or "job"
         self.files: dict[str, _File] = {}
         self.paths = UniquePaths()
-        self.queue: asyncio.Queue[tuple[_File, bool]] = asyncio.Queue()
-        self.workers = [asyncio.create_task(self._work()) for _ in range(settings.download_concurrency)]
         # Token mode: links come from the Bitable API (the Feishu flow's client), batched within its rate
         # limit; url mode: from the plugin.
-        self.token_links = (LinkBroker(service.feishu_client(), config.table_id)
-                            if config.download_mode == "token" else None)
         self.plugin_links = PluginLinks(send) if config.download_mode == "url" else None
+        self.source = PluginSource(self.plugin_links, LinkBroker(service.feishu_client(), config.table_id)
+                                   if config.download_mode == "token" else None)
+        plan = Plan(self.folder, config.job_id or "job", max_attempts=MAX_ATTEMPTS,
+                    retry_backoff=settings.retry_backoff, path_column=True, prefix=f"{self.name} (plugin)")
+        self.run = open_run(plan, service.engine, self.source, events=self)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.round1 = asyncio.create_task(round1(self.run, self.queue))
         self.accepting = True
         self.connected = True
         self.complete_requested = False
         self.finishing: asyncio.Task | None = None
         self.finished = False
+        self.closed = False
         self.result: dict = {}
         self._background: set[asyncio.Task] = set()
         self._progress_at = 0.0
-        self.recorded = service.recorder.begin(f"{self.run_id}-{id(self)}", self.name, str(self.folder),
+        self.recorded = service.recorder.begin(f"{plan.run_id}-{id(self)}", self.name, str(self.folder),
                                                config.total)
 
     # -- counters (the desktop's status card) -------------------------------------------------------
@@ -134,7 +137,7 @@ class Job:
             raise p.ProtocolError(f"too many files: at most {p.MAX_FILES_PER_JOB} per job", req.order)
         if req.key in self.files:
             raise p.ProtocolError(f"file {req.name[:100]!r} (order {req.order}) was already sent", req.order)
-        if self.token_links is not None and not req.token:
+        if self.source.token_links is not None and not req.token:
             raise p.ProtocolError(f"invalid file {req.name[:100]!r}: token mode needs the attachment's token",
                                   req.order)
         folders = [clean_segment(s) for s in req.path.replace("\\", "/").split("/") if s.strip(" .")]
@@ -142,71 +145,46 @@ class Job:
             rel = self.paths.claim(folders, clean_segment(req.name))
         except ValueError as exc:
             raise p.ProtocolError(str(exc), req.order) from None
-        f = self.files[req.key] = _File(req, rel)
-        if self.token_links is not None:
-            self.token_links.expect([_attachment(req)])
-        else:
-            self.plugin_links.offer(req.order, req.download_url)
-        self.queue.put_nowait((f, False))
+        self.files[req.key] = _File(req, rel)
+        obj = self.source.add(req, rel)
+        self.source.upcoming([obj])
+        self.queue.put_nowait((obj, rel))
 
-    async def _work(self) -> None:
-        while True:
-            f, fresh = await self.queue.get()
-            try:
-                await self._download(f, fresh)
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker: the file fails
-                log.error("%s: unexpected %s: %s", f.rel, type(exc).__name__, exc)
-                await self._failed(f, DownloadError(f"{type(exc).__name__}: {exc}"))
-            finally:
-                self.queue.task_done()
-
-    def _signer(self, f: _File, fresh: bool):
-        if self.token_links is None:
-            if fresh:
-                self.plugin_links.forget(f.req.order)
-            return self.plugin_links.signer(f.req)
-        att, first = _attachment(f.req), [fresh]
-
-        def sign(refresh: bool):
-            refresh, first[0] = refresh or first[0], False
-            return self.token_links.link(att, refresh)
-        return sign
-
-    async def _download(self, f: _File, fresh: bool) -> None:
-        """Up to ATTEMPTS tries (retryable errors only); the plugin hears of the result either way."""
-        req = f.req
-        sign = self._signer(f, fresh)
-        f.state = "active"
+    # -- what the runner does to each file (Events, on the loop) ----------------------------------------
+    def started(self, obj) -> None:
+        self.files[obj.key].state = "active"
         self.service.changed()
-        for attempt in range(1, ATTEMPTS + 1):
-            f.attempts += 1
-            try:
-                got = await self.service.engine.fetch(sign, self.out, f.rel, req.size or UNKNOWN_SIZE, "",
-                                                      link_expired, on_bytes=self._progress(f))
-                break
-            except Exception as exc:  # noqa: BLE001 - reported to the plugin
-                error = as_download_error(exc)
-                if not error.retryable or attempt == ATTEMPTS:
-                    await self._failed(f, error)
-                    return
-                await asyncio.sleep(self.service.settings.retry_backoff * 2 ** (attempt - 1))
-        f.state, f.size = "done", got.size
-        self._record(Outcome(req.key, got.size, "", f.attempts, bytes_fetched=got.size, path=f.rel))
-        log.info("%s: saved %s (%s)", self.name, f.rel, human_bytes(got.size), extra={"bridge_event": True})
-        self.service.event("file", job=self.name, ok=True, path=f.rel, size=got.size)
-        await self.send(p.ack("success", f"saved {f.rel}", stage="file", order=req.order, name=f.rel.rpartition("/")[2],
-                              path=f.rel, size=got.size))
 
-    async def _failed(self, f: _File, error: DownloadError) -> None:
-        f.state = "failed"
-        self._record(Outcome(f.req.key, f.req.size, "", f.attempts, str(error), error.retryable, path=f.rel))
-        log.warning("%s: failed %s: %s", self.name, f.rel, error, extra={"bridge_event": True})
-        self.service.event("file", job=self.name, ok=False, path=f.rel, error=str(error))
-        await self.send(p.ack("error", f"{f.req.name}: {error}", stage="file", order=f.req.order, name=f.req.name,
-                              path=f.rel, attempts=f.attempts, reason=str(error)))
+    def outcome(self, obj, outcome) -> None:
+        f = self.files[obj.key]
+        req = f.req
+        if outcome.ok:
+            f.state, f.size = "done", outcome.bytes_fetched
+            log.info("%s: saved %s (%s)", self.name, f.rel, human_bytes(f.size), extra={"bridge_event": True})
+            self.service.event("file", job=self.name, ok=True, path=f.rel, size=f.size)
+            self._spawn(self.send(p.ack("success", f"saved {f.rel}", stage="file", order=req.order,
+                                        name=f.rel.rpartition("/")[2], path=f.rel, size=f.size)))
+        else:
+            f.state = "failed"
+            log.warning("%s: failed %s: %s", self.name, f.rel, outcome.error, extra={"bridge_event": True})
+            self.service.event("file", job=self.name, ok=False, path=f.rel, error=outcome.error)
+            self._spawn(self.send(p.ack("error", f"{req.name}: {outcome.error}", stage="file", order=req.order,
+                                        name=req.name, path=f.rel, attempts=outcome.attempts,
+                                        reason=outcome.error)))
+        self.service.changed()
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._progress_at >= PROGRESS_EVERY:  # the job as a whole (no order)
+            self._progress_at = loop.time()
+            c = self.counts()
+            total = c["completed"] + c["failed"] + c["current"] + c["pending"]
+            done = c["completed"] + c["failed"]
+            self._spawn(self.send(p.ack("progress", f"{done}/{total}", stage="progress",
+                                        percentage=round(100 * done / total, 1) if total else 0,
+                                        completed=c["completed"], failed=c["failed"], total=total)))
 
-    def _progress(self, f: _File):
+    def progress(self, obj):
         """on_bytes for one attempt: a progress ack at most every PROGRESS_EVERY seconds (large files)."""
+        f = self.files[obj.key]
         order, size = f.req.order, f.req.size
         if order is None or size < PROGRESS_MIN_BYTES:
             return None
@@ -233,19 +211,6 @@ class Job:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _record(self, outcome: Outcome) -> None:
-        self.manifest.add([outcome], self.run_id)
-        self.service.changed()
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._progress_at >= PROGRESS_EVERY:  # the job as a whole (no order)
-            self._progress_at = loop.time()
-            c = self.counts()
-            total = c["completed"] + c["failed"] + c["current"] + c["pending"]
-            finished = c["completed"] + c["failed"]
-            self._spawn(self.send(p.ack("progress", f"{finished}/{total}", stage="progress",
-                                        percentage=round(100 * finished / total, 1) if total else 0,
-                                        completed=c["completed"], failed=c["failed"], total=total)))
-
     # -- the end of a job -----------------------------------------------------------------------
     def complete(self) -> None:
         self.complete_requested = True
@@ -266,45 +231,46 @@ class Job:
 
     def _finish_soon(self) -> None:
         if self.finishing is None:
+            self.accepting = False
+            self.queue.put_nowait(None)  # round 1 ends when the files sent so far are done
             self.finishing = asyncio.create_task(self._finish())
 
     async def _finish(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            await self.queue.join()
-            self.accepting = False
-            retry = [f for f in self.files.values() if f.state == "failed"]
-            if retry and (self.token_links is not None or self.connected):  # url mode needs the plugin
-                log.info("%s: retrying %d failed file(s) with new links", self.name, len(retry),
+            counts = await self.round1
+            # Round 2 in url mode needs the plugin for new links.
+            rows = await loop.run_in_executor(None, retry_rows, self.run) if counts.failed else []
+            if rows and (self.source.token_links is not None or self.connected):
+                log.info("%s: retrying %d failed file(s) with new links", self.name, len(rows),
                          extra={"bridge_event": True})
-                self.service.event("retry", job=self.name, count=len(retry))
-                await self.send(p.ack("success", f"retrying {len(retry)} failed file(s)",
-                                      stage="retry_failed_files", failed=len(retry)))
-                for f in retry:
-                    self.queue.put_nowait((f, True))
-                await self.queue.join()
-            await self._report()
+                self.service.event("retry", job=self.name, count=len(rows))
+                await self.send(p.ack("success", f"retrying {len(rows)} failed file(s)",
+                                      stage="retry_failed_files", failed=len(rows)))
+                counts.add(await round2(self.run, rows))
+            await self._report(counts, loop.time() - started)
         except Exception as exc:  # noqa: BLE001 - one line, and the job still ends
             log.error("%s: the job could not be finished: %s: %s", self.name, type(exc).__name__, exc,
                       extra={"bridge_event": True})
             self.service.event("refused", reason=f"{self.name}: {type(exc).__name__}: {exc}")
-            self.close_files()
+            await loop.run_in_executor(None, self.close)
             self.result = {**self.counts(), "csv": None, "zip": None, "finished_at": time.strftime("%H:%M:%S")}
             self.finished = True
             self.service.changed()
             await self.send(p.ack("error", f"the job could not be finished: {type(exc).__name__}: {exc}",
                                   stage="protocol"))
-        finally:
-            for worker in self.workers:
-                worker.cancel()
 
-    async def _report(self) -> None:
+    async def _report(self, counts, seconds: float) -> None:
         loop = asyncio.get_running_loop()
+        csv_path = None
+        first_rows: list = []
         if not self.files:
             await loop.run_in_executor(None, self._discard_empty)
             log.info("%s: no files were sent; nothing kept", self.name, extra={"bridge_event": True})
-        csv_path, first_rows = (await loop.run_in_executor(
-            None, write_failed_csv, self.manifest, self.run_id, self.out, FAILED_CSV_NAME, True)
-            if self.files else (None, []))
+        else:
+            summary, first_rows = await loop.run_in_executor(None, finish, self.run, counts, seconds)
+            csv_path = summary.failed_csv
         c = self.counts()
         zip_path = None
         if self.config.zip_after_download and c["completed"]:
@@ -319,7 +285,7 @@ class Job:
                 zip_path = None
             else:
                 await self.send(p.ack("success", f"zipped {zip_path.name}", stage="zip", path=str(zip_path)))
-        self.close_files()
+        await loop.run_in_executor(None, self.close)
         self.result = {**c, "csv": str(csv_path) if csv_path else None, "zip": str(zip_path) if zip_path else None,
                        "finished_at": time.strftime("%H:%M:%S")}
         self.finished = True
@@ -337,13 +303,15 @@ class Job:
                               jobId=self.config.job_id, completed=c["completed"], failed=c["failed"],
                               folder=str(self.folder), failedCsv=self.result["csv"], zip=self.result["zip"]))
 
-    def close_files(self) -> None:
-        self.manifest.close()
-        self.out.close()
+    def close(self) -> None:
+        """The job's manifest and output (its lock); the service's engine goes on. Off the loop."""
+        if not self.closed:
+            self.closed = True
+            close_run(self.run)
 
     def _discard_empty(self) -> None:
         """A job without a single file leaves no folder behind (its manifest and work area only)."""
-        self.close_files()
+        self.close()
         for suffix in ("", "-wal", "-shm"):
             (self.folder / (MANIFEST_NAME + suffix)).unlink(missing_ok=True)
         shutil.rmtree(self.folder / WORK_DIR, ignore_errors=True)
@@ -354,14 +322,10 @@ class Job:
 
     def abandon(self) -> None:
         """The service stops with this job unfinished: what finished stays recorded; reruns resume."""
-        self.close_files()
+        self.close()
         if self.recorded:
             c = self.counts()
             self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"]})
-
-
-def _attachment(req: p.FileRequest) -> Attachment:
-    return Attachment(req.token, req.field_id, req.record_id)
 
 
 def _new_folder(output: Path, name: str) -> Path:

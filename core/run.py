@@ -52,7 +52,7 @@ class Events:
     def started(self, obj: RemoteObject) -> None:
         pass
 
-    def finished(self, obj: RemoteObject, outcome: Outcome) -> None:
+    def outcome(self, obj: RemoteObject, outcome: Outcome) -> None:
         pass
 
     def progress(self, obj: RemoteObject) -> Callable[[int], None] | None:
@@ -64,38 +64,42 @@ class Run:
     """One run's live objects, made once per process (open_run) and shared by all its batches. A plain
     class: Prefect walks dataclasses given to tasks, and there is nothing in here for it to find."""
 
-    __slots__ = ("plan", "engine", "source", "manifest", "out", "counts", "halt", "events")
+    __slots__ = ("plan", "engine", "source", "manifest", "out", "counts", "halt", "events", "own_engine")
 
     def __init__(self, plan: Plan, engine: Engine, source: Source, manifest: Manifest, out: Output,
-                 events: Events | None = None):
+                 events: Events | None = None, own_engine: bool = True):
         self.plan, self.engine, self.source, self.manifest, self.out = plan, engine, source, manifest, out
         self.counts = Counts()  # live, for progress displays
         self.halt = Halt()
         self.events = events or Events()
+        self.own_engine = own_engine  # closed with the run; else shared (the plugin service's jobs)
 
     def __repr__(self) -> str:
         return f"Run({self.plan.output})"
 
 
-def open_run(plan: Plan, settings: Settings, source: Source | Callable[[Engine], Source],
+def open_run(plan: Plan, settings: Settings | Engine, source: Source | Callable[[Engine], Source],
              owner: dict | None = None, events: Events | None = None) -> Run:
-    """Take the output (its lock: UsageError when another run holds it), open its manifest, start the
-    engine. `source` may be made from the engine (a source that calls APIs on the engine's loop)."""
+    """Take the output (its lock: UsageError when another run holds it), open its manifest, start an
+    engine with the settings (or share a running one). `source` may be made from the engine (a source
+    that calls APIs on the engine's loop)."""
     out = Output(plan.output, plan.shard, owner=owner)
     try:
         manifest = Manifest(plan.output, plan.manifest_name)
     except BaseException:
         out.close()
         raise
-    engine = engine_for(settings).__enter__()
+    shared = isinstance(settings, Engine)
+    engine = settings if shared else engine_for(settings).__enter__()
     try:
         made = source(engine) if callable(source) and not isinstance(source, Source) else source
     except BaseException:
-        engine.close()
+        if not shared:
+            engine.close()
         manifest.close()
         out.close()
         raise
-    return Run(plan, engine, made, manifest, out, events)
+    return Run(plan, engine, made, manifest, out, events, own_engine=not shared)
 
 
 def close_run(run: Run) -> None:
@@ -105,7 +109,8 @@ def close_run(run: Run) -> None:
         try:
             run.source.close()
         finally:
-            run.engine.close()
+            if run.own_engine:
+                run.engine.close()
     finally:
         try:
             run.manifest.close()
@@ -145,6 +150,8 @@ async def round1(run: Run, items: list[Item] | asyncio.Queue) -> Counts:
     fed as items become known (the plugin service) and closed with None. Returns what it counted; every
     outcome is recorded as it comes (the manifest writes it within a second)."""
     counts = Counts()
+    if isinstance(items, list):
+        run.source.upcoming([obj for obj, _ in items])
 
     async def attempt(item: Item) -> None:
         obj, rel = item
@@ -177,7 +184,7 @@ def _settle(run: Run, counts: Counts, obj: RemoteObject, outcome: Outcome, retri
         change = dict(downloaded=ok, failed=1 - ok, bytes=outcome.bytes_fetched)
     counts.add(**change)
     run.counts.add(**change)
-    run.events.finished(obj, outcome)
+    run.events.outcome(obj, outcome)
 
 
 async def _pool(run: Run, items: Iterable | asyncio.Queue, work) -> None:
@@ -240,6 +247,7 @@ async def round2(run: Run, rows: list[FailedRow]) -> Counts:
     run.counts.add(retrying=len(rows))
     run.counts.phase = "round 2: retrying failed objects"
     plan = run.plan
+    run.source.upcoming([RemoteObject(row.key, row.size, row.etag, path=row.path) for row in rows])
 
     async def retry(row: FailedRow) -> None:
         obj = RemoteObject(row.key, row.size, row.etag, path=row.path)

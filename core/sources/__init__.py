@@ -61,6 +61,9 @@ class Source:
         are (core/listing.py classifies and retries them)."""
         raise NotImplementedError
 
+    def upcoming(self, objects: list[RemoteObject]) -> None:
+        """The objects about to be fetched, in order (a source may prepare their links in batches)."""
+
     def signer(self, obj: RemoteObject, again: bool = False) -> Signer:
         """Gives a signed GET URL for the object; `again`: a later attempt (a source may want a fresh link
         from the start)."""

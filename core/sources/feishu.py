@@ -258,6 +258,11 @@ class FeishuSpec:
         return BitableSource(self.table, self.client(token), engine, self.naming())
 
 
+def _attachment(obj: RemoteObject) -> Attachment:
+    record_id, field_id, file_token = obj.key.split("/", 2)
+    return Attachment(file_token, field_id, record_id)
+
+
 def _size(cell: dict) -> int:
     """The attachment's size as the cell gives it (checked against what arrives), or unknown."""
     try:
@@ -321,12 +326,14 @@ class BitableSource(Source):
                                                 path=self.naming.place(values, cell.get("name", ""))))
         return Page(objects, next_token if more else None, more)
 
+    def upcoming(self, objects: list[RemoteObject]) -> None:
+        """Files about to be downloaded (not those already present): their links ride along in the batches
+        of the files before them, five per API call."""
+        self.links.expect([_attachment(obj) for obj in objects])
+
     def signer(self, obj: RemoteObject, again: bool = False):
-        """Asked for each file about to be downloaded (not for those already present): its link rides
-        along in the batches of the files before it. `again`: a retry, whose old link may have expired."""
-        record_id, field_id, file_token = obj.key.split("/", 2)
-        att = Attachment(file_token, field_id, record_id)
-        self.links.expect([att])
+        """`again`: a retry, whose old link may have expired."""
+        att = _attachment(obj)
         first = [again]
 
         def sign(refresh: bool):

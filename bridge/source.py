@@ -1,0 +1,51 @@
+"""A plugin job's files as a source for the runner: pushed over the WebSocket instead of listed. Their links
+come from the plugin in url mode (bridge/links.py: one refresh ack per file at a time) and from the Bitable
+API in token mode (the Feishu flow's LinkBroker, five links per call within the token's rate limit)."""
+from __future__ import annotations
+
+from bridge import protocol as p
+from bridge.links import PluginLinks
+from core.errors import HTTPStatusError
+from core.model import UNKNOWN_SIZE, RemoteObject
+from core.sources import Source
+from core.sources.feishu import Attachment, LinkBroker, link_expired
+
+
+class PluginSource(Source):
+    ordered = False
+
+    def __init__(self, plugin_links: PluginLinks | None = None, token_links: LinkBroker | None = None):
+        self.plugin_links, self.token_links = plugin_links, token_links
+        self.requests: dict[str, p.FileRequest] = {}
+
+    def add(self, req: p.FileRequest, rel: str) -> RemoteObject:
+        """A file the plugin sent, as an object for round 1 (its path chosen by the service)."""
+        self.requests[req.key] = req
+        if self.plugin_links is not None:
+            self.plugin_links.offer(req.order, req.download_url)
+        return RemoteObject(req.key, req.size or UNKNOWN_SIZE, path=rel)
+
+    def upcoming(self, objects: list[RemoteObject]) -> None:
+        if self.token_links is not None:
+            self.token_links.expect([_attachment(self.requests[obj.key]) for obj in objects])
+
+    def signer(self, obj: RemoteObject, again: bool = False):
+        """`again`: a retry of round 2, whose old link may be the problem: the first sign asks anew."""
+        req = self.requests[obj.key]
+        if self.token_links is None:
+            if again:
+                self.plugin_links.forget(req.order)
+            return self.plugin_links.signer(req)
+        att, first = _attachment(req), [again]
+
+        def sign(refresh: bool):
+            refresh, first[0] = refresh or first[0], False
+            return self.token_links.link(att, refresh)
+        return sign
+
+    def link_expired(self, err: HTTPStatusError) -> bool:
+        return link_expired(err)
+
+
+def _attachment(req: p.FileRequest) -> Attachment:
+    return Attachment(req.token, req.field_id, req.record_id)
