@@ -73,7 +73,7 @@ class DownloadParams(BaseModel):
         """Where to read from; without its secret (see job() and credentials_block)."""
         return StoreConfig(backend=self.backend, bucket=self.bucket, prefix=self.prefix, endpoint=self.endpoint,
                            region=self.region, profile=self.profile, addressing_style=self.addressing_style,
-                           cname=self.cname, concurrency=self.concurrency,
+                           cname=self.cname,
                            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                            start_after=self.start_after, end_before=self.end_before)
 

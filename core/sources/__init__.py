@@ -30,7 +30,6 @@ class StoreConfig:
     profile: str | None = None
     addressing_style: str = "auto"
     cname: bool = False
-    concurrency: int = 5
     connect_timeout: float = 10
     read_timeout: float = 60
     start_after: str = ""   # a shard of the prefix: keys > start_after ...

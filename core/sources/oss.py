@@ -13,6 +13,7 @@ from core.errors import ListingError, UsageError, retrying_sync
 from core.model import RemoteObject
 
 URL_TTL = 3600
+LISTING_CONNECTIONS = 4  # oss2 only lists (one page at a time) and signs; the engine fetches every byte
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurityToken",
            "SecurityTokenExpired"}
 
@@ -50,7 +51,7 @@ class OssSource(Source):
         try:
             self.bucket = oss2.Bucket(
                 auth, config.endpoint, config.bucket, is_cname=config.cname,
-                session=oss2.Session(pool_size=max(10, config.concurrency)),
+                session=oss2.Session(pool_size=LISTING_CONNECTIONS),
                 connect_timeout=(config.connect_timeout, config.read_timeout or None), region=config.region)
         except ox.ClientError as exc:
             raise UsageError(f"invalid OSS settings: {exc.body if hasattr(exc, 'body') else exc}") from None

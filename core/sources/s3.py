@@ -36,7 +36,7 @@ def client_settings(config: StoreConfig) -> tuple[dict, Config]:
         # boto3 >= 1.36 adds CRC checksums that third-party stores reject.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        max_pool_connections=max(10, config.concurrency),
+        max_pool_connections=4,  # boto3 only lists, one page at a time; the engine fetches every byte
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         retries={"mode": "standard", "total_max_attempts": 1},  # the product's one retry policy retries
