@@ -17,7 +17,7 @@ import pyte
 import pytest
 
 from core.report import human_bytes
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, flow_run_states, run_cli
 from tests.test_download import body, leftovers, local_files, put
 
 DOWN, ENTER, BACKSPACE, CTRL_C = "\x1b[B", "\r", "\x7f", "\x03"
@@ -286,14 +286,6 @@ def test_ctrl_c_with_a_running_server_through_the_oss_download_script(s3, bucket
     assert len(said) == 1 and "the same command resumes where this run stopped" in said[0]
     assert not [noise for noise in PREFECT_NOISE if noise in log]   # as quiet as python -m flows.download
     assert flow_run_states(out) == ["CRASHED"]
-
-
-def flow_run_states(output: Path) -> list[str]:
-    """State types of the session server's flow runs whose parameters name this output folder."""
-    from prefect.client.orchestration import get_client
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=200)
-    return [run.state.type.value for run in runs if run.parameters.get("params", {}).get("output") == str(output)]
 
 
 def plain(text: str) -> list[str]:
