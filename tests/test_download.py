@@ -1,5 +1,9 @@
 """End to end against real HTTP servers — moto's S3 server (boto3 backend) and the OSS-protocol server (oss2
-backend): the CLI as users run it, and the flow's artifacts. Tests marked `both` run once per backend."""
+backend): the CLI as users run it, and the flow's artifacts.
+
+Tests marked `both` run once per backend, on the core alone (--no-prefect); tests marked `both_ways` run the
+S3 case as a Prefect flow run (list-page, download-batch and retry-failed tasks, the flow run's final state)
+and the OSS case on the core alone: each backend and each path once."""
 from __future__ import annotations
 
 import csv
@@ -8,13 +12,12 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import flow_run_states, run_cli
 
 TRICKY = ["space name.txt", "plus+sign.txt", "percent%41.txt", "hash#tag.txt", "ünï/cödé 文件.txt",
           "q?mark.txt", "amp&eq=.txt"]
@@ -30,7 +33,13 @@ def put(store, bucket, key, data=None):
     store.client().put_object(Bucket=bucket, Key=key, Body=body(key) if data is None else data)
 
 
+def put_many(store, bucket, keys, size=None):
+    """Many objects at once (listing tests), each with its `body`."""
+    store.put_many(bucket, {key: body(key, size) for key in keys})
+
+
 both = pytest.mark.parametrize("store", ["s3", "oss"], indirect=True)
+both_ways = pytest.mark.parametrize("store, via", [("s3", "prefect"), ("oss", "core")], indirect=True)
 
 
 def args(store, bucket, out, *extra, prefix="data/"):
@@ -55,11 +64,12 @@ def leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in work.iterdir() if not p.name.startswith("lock")) if work.exists() else []
 
 
-@both
-def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(store, bucket, tmp_path, prefect_api):
-    expected = {}
-    keys = [f"data/page/{i:04d}.bin" for i in range(1005)] + [f"data/{k}" for k in TRICKY]
-    for key in keys:
+@both_ways
+def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(store, bucket, tmp_path, cli):
+    pages = [f"data/page/{i:04d}.bin" for i in range(1005)]
+    put_many(store, bucket, pages)
+    expected = {key[len("data/"):]: body(key) for key in pages}
+    for key in [f"data/{k}" for k in TRICKY]:
         put(store, bucket, key)
         expected[key[len("data/"):]] = body(key)
     put(store, bucket, "data/empty.txt", b"")
@@ -75,7 +85,7 @@ def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(store, bucket, tmp
     put(store, bucket, "other/not-selected.txt", b"x")
 
     out = tmp_path / "out"
-    result = run_cli(args(store, bucket, out), prefect_api)
+    result = cli(args(store, bucket, out))
     assert result.returncode == 1, result.stderr[-3000:]
     files = local_files(out)
     for rel, data in expected.items():
@@ -97,8 +107,8 @@ def test_pagination_tricky_keys_ranged_object_and_unsafe_keys(store, bucket, tmp
     assert leftovers(out) == []
 
 
-@both
-def test_faults_two_rounds_and_exact_csv(store, bucket, tmp_path, prefect_api):
+@both_ways
+def test_faults_two_rounds_and_exact_csv(store, bucket, tmp_path, cli):
     keys = ["data/f/ok503", "data/f/always500", "data/f/denied", "data/f/reset", "data/f/trunc", "data/f/slow",
             "data/f/fine"]
     for key in keys:
@@ -111,7 +121,7 @@ def test_faults_two_rounds_and_exact_csv(store, bucket, tmp_path, prefect_api):
     store.add_fault(bucket, "data/f/slow", "delay", seconds=1.5, times=1)
 
     out = tmp_path / "out"
-    result = run_cli(args(store, bucket, out, "--read-timeout", "0.5"), prefect_api)
+    result = cli(args(store, bucket, out, "--read-timeout", "0.5"))
     assert result.returncode == 1, result.stderr[-3000:]
     assert read_csv(out) == [
         ["key", "last_error", "retry_count"],
@@ -127,7 +137,7 @@ def test_faults_two_rounds_and_exact_csv(store, bucket, tmp_path, prefect_api):
 
     # The store recovers: a rerun fetches only what failed and removes the CSV.
     store.clear_faults()
-    again = run_cli(args(store, bucket, out), prefect_api)
+    again = cli(args(store, bucket, out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (out / ".oss-failed.csv").exists()
     assert store.get_count(bucket, "data/f/fine") == 0
@@ -135,28 +145,28 @@ def test_faults_two_rounds_and_exact_csv(store, bucket, tmp_path, prefect_api):
 
 
 @both
-def test_max_attempts_one_means_no_round_two(store, bucket, tmp_path, prefect_api):
+def test_max_attempts_one_means_no_round_two(store, bucket, tmp_path, cli):
     put(store, bucket, "data/x", b"x" * 100)
     store.add_fault(bucket, "data/x", "status", status=503, code="SlowDown", times=1)
-    result = run_cli(args(store, bucket, tmp_path, "--max-attempts", "1"), prefect_api)
+    result = cli(args(store, bucket, tmp_path, "--max-attempts", "1"))
     assert result.returncode == 1
     assert read_csv(tmp_path)[1] == ["data/x", "HTTP 503 SlowDown: injected fault", "1"]
 
 
-@both
-def test_filter_dry_run_and_resume_without_refetch(store, bucket, tmp_path, prefect_api):
+@both_ways
+def test_filter_dry_run_and_resume_without_refetch(store, bucket, tmp_path, cli):
     for key in ["data/a.JPG", "data/b.png", "data/c.txt", "data/d/e.jpg"]:
         put(store, bucket, key)
     out = tmp_path / "out"
 
-    preview = run_cli(args(store, bucket, out, "--dry-run", "--include-suffix", ".jpg,.PNG"), prefect_api)
+    preview = cli(args(store, bucket, out, "--dry-run", "--include-suffix", ".jpg,.PNG"))
     assert preview.returncode == 0, preview.stderr[-3000:]
     assert "Preview: 3 objects" in preview.stdout and "1 filtered out" in preview.stdout
     assert "data/d/e.jpg" in preview.stdout
     assert not local_files(out)
     assert store.get_count(bucket, "data/a.JPG") == 0
 
-    first = run_cli(args(store, bucket, out, "--include-suffix", ".jpg,.PNG"), prefect_api)
+    first = cli(args(store, bucket, out, "--include-suffix", ".jpg,.PNG"))
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(local_files(out)) == ["a.JPG", "b.png", "d/e.jpg"]
 
@@ -164,7 +174,7 @@ def test_filter_dry_run_and_resume_without_refetch(store, bucket, tmp_path, pref
     put(store, bucket, "data/b.png", b"changed")
     (out / "d" / "e.jpg").unlink()
     store.clear_faults()
-    second = run_cli(args(store, bucket, out, "--include-suffix", ".jpg,.png"), prefect_api)
+    second = cli(args(store, bucket, out, "--include-suffix", ".jpg,.png"))
     assert second.returncode == 0, second.stderr[-3000:]
     assert store.get_count(bucket, "data/a.JPG") == 0
     assert store.get_count(bucket, "data/b.png") == 1 and store.get_count(bucket, "data/d/e.jpg") == 1
@@ -173,7 +183,7 @@ def test_filter_dry_run_and_resume_without_refetch(store, bucket, tmp_path, pref
 
 
 @both
-def test_kill_9_mid_run_then_rerun_is_byte_identical(store, bucket, tmp_path, prefect_api):
+def test_kill_9_mid_run_then_rerun_is_byte_identical(store, bucket, tmp_path, cli):
     keys = [f"data/k/{i:03d}.bin" for i in range(60)]
     for key in keys:
         put(store, bucket, key, body(key, 50_000))
@@ -181,9 +191,8 @@ def test_kill_9_mid_run_then_rerun_is_byte_identical(store, bucket, tmp_path, pr
     big = os.urandom(20 * 1024 * 1024)
     put(store, bucket, "data/k/big.bin", big)
     out = tmp_path / "out"
-    env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.download", *args(store, bucket, out, "--concurrency", "3")],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli.start(args(store, bucket, out, "--concurrency", "3"), stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(list((out / "k").glob("*.bin"))) < 10:
         time.sleep(0.05)
@@ -192,23 +201,22 @@ def test_kill_9_mid_run_then_rerun_is_byte_identical(store, bucket, tmp_path, pr
     assert 10 <= len(list((out / "k").glob("*.bin"))) < 61, "the run was not interrupted mid-way"
 
     store.clear_faults()
-    result = run_cli(args(store, bucket, out), prefect_api)
+    result = cli(args(store, bucket, out))
     assert result.returncode == 0, result.stderr[-3000:]
     files = local_files(out)
     assert files == {**{k[len("data/"):]: body(k, 50_000) for k in keys}, "k/big.bin": big}
     assert leftovers(out) == []
 
 
-@both
-def test_ctrl_c_exits_130_and_the_same_command_resumes(store, bucket, tmp_path, prefect_api):
+@both_ways
+def test_ctrl_c_exits_130_and_the_same_command_resumes(store, bucket, tmp_path, cli):
     keys = [f"data/c/{i:03d}" for i in range(40)]
     for key in keys:
         put(store, bucket, key, body(key, 1000))
         store.add_fault(bucket, key, "delay", seconds=0.2)
     out = tmp_path / "out"
-    env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.download", *args(store, bucket, out, "--concurrency", "2")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cli.start(args(store, bucket, out, "--concurrency", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     text=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(list(out.glob("c/*"))) < 4:
         time.sleep(0.05)
@@ -218,32 +226,22 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(store, bucket, tmp_path, 
     assert proc.returncode == 130, err[-3000:]
     assert time.monotonic() - stopped < 5
     assert "resumes" in err and "Traceback" not in err
+    if cli.prefect:
+        assert flow_run_states(out) == ["CRASHED"]
     store.clear_faults()
-    result = run_cli(args(store, bucket, out), prefect_api)
+    result = cli(args(store, bucket, out))
     assert result.returncode == 0
     assert local_files(out) == {k[len("data/"):]: body(k, 1000) for k in keys}
 
 
-def test_requests_in_flight_never_exceed_concurrency(store, bucket, tmp_path, prefect_api):
+def test_requests_in_flight_never_exceed_concurrency(store, bucket, tmp_path, cli):
     for i in range(30):
         put(store, bucket, f"data/p/{i}", b"x" * 10)
         store.add_fault(bucket, f"data/p/{i}", "delay", seconds=0.2)
     store.injector.max_in_flight = 0
-    result = run_cli(args(store, bucket, tmp_path, "--concurrency", "4"), prefect_api)
+    result = cli(args(store, bucket, tmp_path, "--concurrency", "4"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert store.max_in_flight == 4
-
-
-def test_max_requests_per_second_spaces_requests(store, bucket, tmp_path, prefect_api):
-    for i in range(20):
-        put(store, bucket, f"data/r/{i}", b"x" * 10)
-    store.clear_faults()
-    result = run_cli(args(store, bucket, tmp_path, "--concurrency", "16", "--max-requests-per-second", "10"),
-                     prefect_api)
-    assert result.returncode == 0, result.stderr[-3000:]
-    starts = sorted(store.injector.starts)
-    # 1 check + 1 listing + 20 GETs: the run's 21 limited requests span at least 2 s at 10/s.
-    assert len(starts) == 22 and starts[-1] - starts[1] >= 1.95
 
 
 @pytest.mark.parametrize("extra, message", [

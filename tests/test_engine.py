@@ -11,6 +11,7 @@ from infra import oss_server
 from core.sources import StoreConfig
 from core.model import RemoteObject
 from core.sources.oss import OssSource
+from core.sources.s3 import S3Source
 from core.errors import DownloadError, IntegrityError, TooSlow
 from core.engine import Engine
 from core.engine.fetch import SMALL_BODY
@@ -18,32 +19,45 @@ from core.engine.verify import bare_etag
 from core.workarea import Output
 
 
-@pytest.fixture
-def world(oss, tmp_path):
+@pytest.fixture(params=["oss"])
+def world(request, tmp_path):
+    """One object store (the OSS-protocol server; `indirect` parametrization adds moto's S3 server), its
+    source's signed URLs, and an engine with small limits writing to an output folder."""
     bucket = "e-" + uuid.uuid4().hex[:10]
-    oss.create_bucket(bucket)
-    backend = OssSource(StoreConfig(backend="oss", bucket=bucket, endpoint=oss.endpoint, credentials={
-        "access_key_id": oss_server.ACCESS_KEY, "secret_access_key": oss_server.SECRET_KEY}))
+    if request.param == "oss":
+        server = request.getfixturevalue("oss")
+        server.create_bucket(bucket)
+        backend = OssSource(StoreConfig(backend="oss", bucket=bucket, endpoint=server.endpoint, credentials={
+            "access_key_id": oss_server.ACCESS_KEY, "secret_access_key": oss_server.SECRET_KEY}))
+    else:
+        server = request.getfixturevalue("s3")
+        server.client().create_bucket(Bucket=bucket)
+        backend = S3Source(StoreConfig(backend="s3", bucket=bucket, endpoint=server.endpoint))
     engine = Engine(4, read_timeout=5, part_size=1 << 20, multipart_threshold=2 << 20, low_speed_limit=1000,
                     low_speed_time=0.5).__enter__()
     out = Output(tmp_path)
 
     class World:
         def put(self, key, data, **kw):
-            return bare_etag(oss.put(bucket, key, data, **kw))
+            if request.param == "oss":
+                return bare_etag(server.put(bucket, key, data, **kw))
+            return bare_etag(server.client().put_object(Bucket=bucket, Key=key, Body=data)["ETag"])
 
         def fetch(self, key, size, etag):
             return engine.run(engine.fetch(backend.signer(RemoteObject(key, size)), out, key, size, etag))
 
         def fault(self, key, kind, **kw):
-            oss.add_fault(bucket, key, kind, **kw)
+            server.add_fault(bucket, key, kind, **kw)
+
+        def gets(self, key):
+            return server.get_count(bucket, key)
 
     w = World()
     w.engine, w.out, w.root = engine, out, tmp_path
     yield w
     engine.close()
     out.close()
-    oss.clear_faults()
+    server.clear_faults()
 
 
 def partial(world, key):
@@ -105,6 +119,52 @@ def test_a_partial_file_of_another_version_is_discarded(world):
     world.fetch("v", len(new), new_etag)
     assert world.engine.bytes_done - before == len(new)              # started over
     assert (world.root / "v").read_bytes() == new
+
+
+def test_a_partial_file_whose_object_changed_after_the_listing_is_discarded_on_412(world):
+    """The listing said version 1 and a partial file of it is here, but the store has version 2 by now: the
+    resume's If-Match fails (412), the partial file goes, and the object is refused as changed."""
+    old, new = os.urandom(SMALL_BODY * 4), os.urandom(SMALL_BODY * 4)
+    listed = world.put("c", old, multipart_parts=2)
+    interrupt(world, "c", len(old), listed)
+    part, meta = partial(world, "c")
+    assert (world.root / ".ossdl" / part).exists() and (world.root / ".ossdl" / meta).exists()
+    world.put("c", new, multipart_parts=2)
+    with pytest.raises(DownloadError, match=r"changed since it was listed \(If-Match failed\)"):
+        world.fetch("c", len(old), listed)
+    assert not (world.root / ".ossdl" / part).exists() and not (world.root / ".ossdl" / meta).exists()
+    assert not (world.root / "c").exists()
+    assert world.gets("c") == 3                       # the cut one, the resume (412), the whole object (412)
+
+
+def test_a_resume_answered_416_starts_over_with_the_whole_object(world):
+    data = os.urandom(SMALL_BODY * 4)
+    etag = world.put("r416", data, multipart_parts=2)
+    interrupt(world, "r416", len(data), etag)
+    world.fault("r416", "status", status=416, code="InvalidRange", times=1)
+    before = world.engine.bytes_done
+    world.fetch("r416", len(data), etag)
+    assert world.engine.bytes_done - before == len(data) and world.gets("r416") == 3
+    assert (world.root / "r416").read_bytes() == data
+    assert os.listdir(world.root / ".ossdl") == ["lock"]
+
+
+@pytest.mark.parametrize("world", ["oss", "s3"], indirect=True)
+@pytest.mark.parametrize("extra", [0, 1000])
+def test_a_partial_file_as_long_as_the_object_or_longer_is_never_resumed(world, extra):
+    """A partial file holding every byte (killed before its final name) or more is of no use for a Range
+    request (bytes=<size>- is unsatisfiable: S3 answers 416): the object is fetched whole in one request."""
+    data = os.urandom(SMALL_BODY * 4)
+    etag = world.put("full", data)
+    interrupt(world, "full", len(data), etag)
+    part, _ = partial(world, "full")
+    with open(world.root / ".ossdl" / part, "r+b") as f:
+        f.truncate(len(data) + extra)
+    before = world.engine.bytes_done
+    world.fetch("full", len(data), etag)
+    assert world.engine.bytes_done - before == len(data) and world.gets("full") == 2
+    assert (world.root / "full").read_bytes() == data
+    assert os.listdir(world.root / ".ossdl") == ["lock"]
 
 
 def test_a_resume_answered_with_other_bytes_is_discarded_and_fails_once(world):

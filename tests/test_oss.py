@@ -1,5 +1,6 @@
 """OSS specifics through oss2 against the OSS-protocol server: CRC64, credentials (wrong secret, STS, V4),
-archived objects. The common end-to-end scenarios run for both backends in test_download.py."""
+archived objects — the core's, so the CLI runs with --no-prefect. The common end-to-end scenarios run for
+both backends in test_download.py."""
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,7 @@ def failed_rows(out) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def test_crc64_mismatch_is_retried_then_reported(oss, oss_bucket, tmp_path, prefect_api):
+def test_crc64_mismatch_is_retried_then_reported(oss, oss_bucket, tmp_path, cli):
     data = {k: os.urandom(3000 + i) for i, k in enumerate(["d/once", "d/always", "d/fine"])}
     for key, body in data.items():
         oss.put(oss_bucket, key, body)
@@ -41,7 +42,7 @@ def test_crc64_mismatch_is_retried_then_reported(oss, oss_bucket, tmp_path, pref
     oss.add_fault(oss_bucket, "d/always", "bad_crc")
     oss.add_fault(oss_bucket, "d/big", "bad_crc", times=3)  # all parts of the first attempt
     out = tmp_path / "out"
-    result = run_cli(oss_args(oss, oss_bucket, out), prefect_api)
+    result = cli(oss_args(oss, oss_bucket, out))
     assert result.returncode == 1, result.stderr[-3000:]
     assert failed_rows(out)[1:] == [["d/always", "crc64 mismatch: the downloaded bytes are damaged", "3"]]
     assert (out / "once").read_bytes() == data["d/once"] and (out / "fine").read_bytes() == data["d/fine"]
@@ -50,13 +51,13 @@ def test_crc64_mismatch_is_retried_then_reported(oss, oss_bucket, tmp_path, pref
     assert oss.get_count(oss_bucket, "d/once") == 2 and oss.get_count(oss_bucket, "d/always") == 3
 
 
-def test_archived_objects_are_reported_as_restore_required(oss, oss_bucket, tmp_path, prefect_api):
+def test_archived_objects_are_reported_as_restore_required(oss, oss_bucket, tmp_path, cli):
     oss.put(oss_bucket, "d/hot.txt", b"hot")
     oss.put(oss_bucket, "d/cold.txt", b"cold", storage_class="Archive")
     oss.put(oss_bucket, "d/colder.txt", b"colder", storage_class="ColdArchive")
     oss.put(oss_bucket, "d/coldest.txt", b"coldest", storage_class="DeepColdArchive")
     out = tmp_path / "out"
-    result = run_cli(oss_args(oss, oss_bucket, out), prefect_api)
+    result = cli(oss_args(oss, oss_bucket, out))
     assert result.returncode == 1, result.stderr[-3000:]
     assert sorted(failed_rows(out)[1:]) == [[f"d/{k}.txt", "restore required", "1"]
                                             for k in ("cold", "colder", "coldest")]
@@ -76,7 +77,7 @@ def test_wrong_secret_is_access_denied_exit_2(oss, oss_bucket, tmp_path):
     assert missing.returncode == 2 and "OSS_ACCESS_KEY_ID" in missing.stderr
 
 
-def test_sts_token_and_v4_signing(oss, oss_bucket, tmp_path, prefect_api):
+def test_sts_token_and_v4_signing(oss, oss_bucket, tmp_path, cli):
     oss.put(oss_bucket, "d/a b+c%.txt", b"sts")
     oss.put(oss_bucket, "d/x/中文.bin", os.urandom(5000))
     key_id, secret, token = "STS.tmp-" + uuid.uuid4().hex[:8], uuid.uuid4().hex, uuid.uuid4().hex * 2
@@ -84,7 +85,7 @@ def test_sts_token_and_v4_signing(oss, oss_bucket, tmp_path, prefect_api):
     sts = dict(OSS_ACCESS_KEY_ID=key_id, OSS_ACCESS_KEY_SECRET=secret, OSS_SESSION_TOKEN=token)
     for label, extra in (("v1", []), ("v4", ["--region", "cn-hangzhou"])):
         out = tmp_path / label
-        result = run_cli(oss_args(oss, oss_bucket, out, *extra), prefect_api, **sts)
+        result = cli(oss_args(oss, oss_bucket, out, *extra), **sts)
         assert result.returncode == 0, (label, result.stderr[-3000:])
         assert (out / "a b+c%.txt").read_bytes() == b"sts" and (out / "x" / "中文.bin").stat().st_size == 5000
         assert token not in result.stdout + result.stderr and secret not in result.stdout + result.stderr

@@ -17,7 +17,7 @@ import pyte
 import pytest
 
 from core.report import human_bytes
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, flow_run_states, run_cli
 from tests.test_download import body, leftovers, local_files, put
 
 DOWN, ENTER, BACKSPACE, CTRL_C = "\x1b[B", "\r", "\x7f", "\x03"
@@ -34,11 +34,36 @@ def styled(*words: str) -> str:
     return (ANSI + r"\s*" + ANSI).join(words)
 
 
+class Terminal(pyte.Screen):
+    """The terminal the person looks at, drawn as the child writes (pyte), answering what a terminal answers:
+    asked where its cursor is (ESC [6n, which prompt_toolkit sends with every question and then waits up to a
+    second for), it tells the child, as xterm does."""
+
+    def __init__(self, child: pexpect.spawn, rows: int, cols: int):
+        super().__init__(cols, rows)
+        self.child, self.stream = child, pyte.Stream(self)
+
+    def write_process_input(self, data: str) -> None:
+        self.child.send(data)
+
+
+class ScreenLog(io.StringIO):
+    """Everything the child prints, kept, and fed to its terminal as it comes."""
+
+    def __init__(self, terminal: Terminal):
+        super().__init__()
+        self.terminal = terminal
+
+    def write(self, text: str) -> int:
+        self.terminal.stream.feed(text)
+        return super().write(text)
+
+
 def spawn(args: list[str], env: dict, size: tuple[int, int] = (50, 200), program: str | None = None) -> pexpect.spawn:
     """The CLI in a pseudo-terminal of `size` (rows, columns); everything it prints is kept in child.screen_log."""
     command, argv = (program, args) if program else (sys.executable, ["-m", "flows.download", *args])
     child = pexpect.spawn(command, argv, cwd=str(ROOT), env=env, encoding="utf-8", timeout=60, dimensions=size)
-    child.screen_log, child.size = io.StringIO(), size
+    child.screen_log, child.size = ScreenLog(Terminal(child, *size)), size
     child.logfile_read = child.screen_log
     return child
 
@@ -149,12 +174,13 @@ def test_first_run_prompts_with_the_flag_defaults_preview_confirm_summary(s3, bu
     remembered = (tmp_path / "config" / "oss-bulk-downloader" / "last-answers.json").read_text()
     assert bucket in remembered and SECRET not in remembered
 
-    # Later: three new objects. The last answers are the defaults; the question counts what is left.
+    # Later: three new objects. The last answers are the defaults; the question counts what is left. (On the
+    # core alone from here: the questions, the preview and the summary are the same.)
     for key in ["data/t/new1.jpg", "data/t/new2.jpg", "data/t/new3.jpg"]:
         put(s3, bucket, key, body(key, 1024))
     s3.clear_faults()
     env = with_keys(env)
-    child = spawn([], env)
+    child = spawn(["--no-prefect"], env)
     for prompt in ("Backend", "Endpoint URL", "Bucket", "Prefix", "Output folder", "Concurrency", "suffixes"):
         child.expect(prompt)
         child.send(ENTER)
@@ -167,7 +193,7 @@ def test_first_run_prompts_with_the_flag_defaults_preview_confirm_summary(s3, bu
     assert sum(s3.get_count(bucket, k) for k in keys) == 0
 
     # Nothing left: said so, nothing asked, no flow run for nothing.
-    child = spawn(["--output", str(out)], env)
+    child = spawn(["--output", str(out), "--no-prefect"], env)
     for prompt in ("Backend", "Endpoint URL", "Bucket", "Prefix", "Concurrency", "suffixes"):
         child.expect(prompt)
         child.send(ENTER)
@@ -288,14 +314,6 @@ def test_ctrl_c_with_a_running_server_through_the_oss_download_script(s3, bucket
     assert flow_run_states(out) == ["CRASHED"]
 
 
-def flow_run_states(output: Path) -> list[str]:
-    """State types of the session server's flow runs whose parameters name this output folder."""
-    from prefect.client.orchestration import get_client
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=200)
-    return [run.state.type.value for run in runs if run.parameters.get("params", {}).get("output") == str(output)]
-
-
 def plain(text: str) -> list[str]:
     """The lines a terminal was sent, without styles and with each redraw (\\r) as its own line."""
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
@@ -335,14 +353,14 @@ def test_empty_runs_warn_once_and_fail_only_when_asked(s3, bucket, tmp_path, pre
     env = with_keys(terminal_env(tmp_path, prefect_api))
     base = ["--endpoint", s3.endpoint, "--bucket", bucket, "--output", str(tmp_path / "out")]
 
-    # At a terminal: the preview already knows, so no question and no flow run.
-    child = spawn(base + ["--prefix", "/data/"], env)
+    # At a terminal: the preview already knows, so no question and no flow run (nor Prefect, here).
+    child = spawn(base + ["--prefix", "/data/", "--no-prefect"], env)
     log = finish(child)
     assert child.exitstatus == 0
     warned = [line for line in plain(log) if line.startswith("warning:")]
     assert warned == [f"warning: nothing to download: no objects under s3://{bucket}//data/"
                       " (keys rarely start with '/': did you mean --prefix data/?)"]
-    child = spawn(base + ["--prefix", "data/", "--include-suffix", "*.gif", "--fail-if-empty"], env)
+    child = spawn(base + ["--prefix", "data/", "--include-suffix", "*.gif", "--fail-if-empty", "--no-prefect"], env)
     log = finish(child)
     assert child.exitstatus == 3
     assert [line for line in plain(log) if line.startswith(("warning:", "error:"))] == [
@@ -366,18 +384,19 @@ def test_empty_runs_warn_once_and_fail_only_when_asked(s3, bucket, tmp_path, pre
     assert sorted(flow_run_states(out)) == ["COMPLETED", "FAILED"]
 
 
-def test_dry_run_prints_the_interactive_preview_and_creates_nothing(s3, bucket, tmp_path, prefect_api):
+def test_dry_run_prints_the_interactive_preview_and_creates_nothing(s3, bucket, tmp_path, cli):
+    """On the core alone (the dry run's flow path is in test_download's filter_dry_run test)."""
     keys = [f"data/{i}.jpg" for i in range(5)] + ["data/photos/2024/x.PNG", "data/other/y.png", "data/readme.txt"]
     for key in keys:
         put(s3, bucket, key, body(key, 1000 + 100 * len(key)))
     out = tmp_path / "out"
-    env = with_keys(terminal_env(tmp_path, prefect_api))
+    env = with_keys(terminal_env(tmp_path, None))
     flags = ["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "data/", "--output", str(out)]
-    first = run_cli(flags + ["--include-suffix", "*.jpg", "--yes"], prefect_api)
+    first = cli(flags + ["--include-suffix", "*.jpg", "--yes"])
     assert first.returncode == 0, first.stderr
     assert len(local_files(out)) == 5
     selection = ["--include-suffix", "*.jpg,photos/**/*.png"]   # globs: every .jpg, .png only below photos/
-    dry = run_cli(flags + selection + ["--dry-run"], prefect_api)
+    dry = cli(flags + selection + ["--dry-run"])
     assert dry.returncode == 0, dry.stderr
     before = sorted(p.name for p in out.iterdir())
     text = dry.stdout.strip().splitlines()
@@ -387,7 +406,7 @@ def test_dry_run_prints_the_interactive_preview_and_creates_nothing(s3, bucket, 
     assert re.match(rf"to download +1 object, {left}$", text[2].strip())
     assert "Largest:" in text and "First 6 keys:" in text and any(line.endswith("photos/2024/x.PNG") for line in text)
 
-    child = spawn(flags + selection, env)
+    child = spawn(flags + selection + ["--no-prefect"], env)
     child.expect(rf"Download 1 object \({left}\)\?")
     child.send("n")
     log = finish(child)
@@ -398,8 +417,8 @@ def test_dry_run_prints_the_interactive_preview_and_creates_nothing(s3, bucket, 
     assert sorted(p.name for p in out.iterdir()) == before
 
     fresh = tmp_path / "never-created" / "out"
-    dry = run_cli(["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "data/", "--output", str(fresh),
-                   "--dry-run"], prefect_api)
+    dry = cli(["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "data/", "--output", str(fresh),
+               "--dry-run"])
     assert dry.returncode == 0 and "Preview: 8 objects" in dry.stdout, dry.stderr
     assert not (tmp_path / "never-created").exists()
 
