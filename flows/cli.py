@@ -18,6 +18,9 @@ STARTED = time.monotonic()  # the summary's time is the whole command's
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_EMPTY = 3  # --fail-if-empty and nothing was selected
 SERVER_START_TIMEOUT = 90.0
+# A onefile executable runs as two processes in the terminal's process group (PyInstaller's bootloader and
+# the program), and the bootloader forwards every signal it gets: one Ctrl-C arrives twice, a few ms apart.
+SAME_SIGNAL_SECONDS = 0.5 if getattr(sys, "frozen", False) else 0.0
 RESUMES = "the same command resumes where this run stopped"
 
 EPILOG = """\
@@ -196,11 +199,17 @@ def main(argv: list[str] | None = None) -> int:
 def _on_ctrl_c(session: Session) -> None:
     """The first Ctrl-C stops the run in order (KeyboardInterrupt: what finished is recorded, the flow run ends
     Crashed); a second one, while that happens, exits at once."""
+    first_at = 0.0
+
     def first(signum, frame):
+        nonlocal first_at
+        first_at = time.monotonic()
         signal.signal(signal.SIGINT, second)
         raise KeyboardInterrupt
 
     def second(signum, frame):
+        if time.monotonic() - first_at < SAME_SIGNAL_SECONDS:
+            return  # the first one, forwarded by the executable's bootloader
         os.write(2, f"\ninterrupted again: stopped at once; {RESUMES}\n".encode())
         if session.server is not None:
             session.server.stop(wait=0)
@@ -209,12 +218,15 @@ def _on_ctrl_c(session: Session) -> None:
 
 
 _terminated = False
+_terminated_at = 0.0
 
 
 def _sigterm(signum, frame) -> None:
     """SIGTERM (a scheduler or `kill` stopping the run) stops it the way Ctrl-C does."""
-    global _terminated
-    _terminated = True
+    global _terminated, _terminated_at
+    if _terminated and time.monotonic() - _terminated_at < SAME_SIGNAL_SECONDS:
+        return  # the same SIGTERM, sent to the process group and forwarded by the executable's bootloader
+    _terminated, _terminated_at = True, time.monotonic()
     raise KeyboardInterrupt
 
 
