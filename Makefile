@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv test demo bench server worker deploy clean
+.PHONY: venv test dist demo bench server worker deploy clean
 
 venv: $(VENV)/.installed
 
@@ -15,6 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(PY) -m pytest -q
+
+# The standalone executables, without Prefect: dist/oss-download and dist/feishu-desktop (work files in build/).
+# packaging/executables.spec says what goes in; tests/test_dist.py runs them from a clean environment.
+dist: venv
+	$(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build \
+		packaging/executables.spec
 
 BACKEND ?= s3
 demo: venv
@@ -54,4 +60,4 @@ deploy: venv
 	PREFECT_API_URL=$(API) $(VENV)/bin/prefect --no-prompt deploy --all --prefect-file $(PREFECT_FILE)
 
 clean:
-	rm -rf $(VENV) demo-downloads
+	rm -rf $(VENV) demo-downloads build dist

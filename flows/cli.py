@@ -18,6 +18,9 @@ STARTED = time.monotonic()  # the summary's time is the whole command's
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_EMPTY = 3  # --fail-if-empty and nothing was selected
 SERVER_START_TIMEOUT = 90.0
+# A onefile executable runs as two processes in the terminal's process group (PyInstaller's bootloader and
+# the program), and the bootloader forwards every signal it gets: one Ctrl-C arrives twice, a few ms apart.
+SAME_SIGNAL_SECONDS = 0.5 if getattr(sys, "frozen", False) else 0.0
 RESUMES = "the same command resumes where this run stopped"
 
 EPILOG = """\
@@ -25,7 +28,7 @@ examples:
   # everything under a prefix, no questions
   {prog} --endpoint http://127.0.0.1:9000 --bucket photos --prefix 2024/ --output ./photos --yes
   # Aliyun OSS: what would come, images only
-  {prog} --backend oss --endpoint https://oss-cn-hangzhou.aliyuncs.com --bucket my-bucket \
+  {prog} --backend oss --endpoint https://oss-cn-hangzhou.aliyuncs.com --bucket my-bucket \\
       --prefix data/ --include-suffix '*.jpg,*.png' --dry-run
   # on a terminal: asks for what is missing, previews, then confirms
   {prog}
@@ -33,11 +36,10 @@ examples:
 credentials (never as flags):
   s3   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), or --profile, or ~/.aws files
   oss  OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET (+ OSS_SESSION_TOKEN)
-  or --credentials-block NAME; on a terminal they are asked when none are found (never saved)
+  {block}on a terminal they are asked when none are found (never saved)
 
 Prefect:
-  every run is a Prefect flow run. PREFECT_API_URL=http://HOST:4200/api records it in a running server;
-  unset, a temporary local server is started for the run (about 10 s more).
+{prefect}
 
 exit codes:
   0    every selected object is present locally (also when nothing was selected: a warning says why)
@@ -66,7 +68,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     # SUPPRESS: only flags actually given appear, so on a terminal the rest can be asked; defaults live in
     # DownloadParams (one place for the CLI, the UI form and deployments).
     # Another command built on these flags (flows/sharded.py) names itself; the examples are this one's.
-    epilog = None if prog else EPILOG.format(prog=_prog())
+    prefect = prefect_available()
+    epilog = None if prog else EPILOG.format(prog=_prog(), **(EPILOG_PREFECT if prefect else EPILOG_NO_PREFECT))
     p = argparse.ArgumentParser(
         prog=prog or _prog(), argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -97,7 +100,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--yes", action="store_true", help="on a terminal, do not ask to confirm the preview")
     run.add_argument("--no-prefect", action="store_true",
                      help="run the download directly, without Prefect (no flow run, no server): the same"
-                          " rounds, manifest, summary and failure CSV; what the standalone executable does")
+                          " rounds, manifest, summary and failure CSV; what the standalone executable does"
+                     if prefect else argparse.SUPPRESS)  # the executable has no other way
     run.add_argument("--fail-if-empty", action="store_true",
                      help="exit 3 (and fail the flow run) when nothing is selected; default: warn, exit 0")
     run.add_argument("--concurrency", type=int, metavar="N",
@@ -126,8 +130,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     store.add_argument("--credentials-block", metavar="NAME",
                        help="a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
                             " or a Secret holding JSON {access_key_id, secret_access_key, session_token};"
-                            " 'type/name' picks one type")
+                            " 'type/name' picks one type" if prefect else argparse.SUPPRESS)
     return p
+
+
+EPILOG_PREFECT = dict(block="or --credentials-block NAME; ", prefect="""\
+  every run is a Prefect flow run. PREFECT_API_URL=http://HOST:4200/api records it in a running server;
+  unset, a temporary local server is started for the run (about 10 s more).""")
+EPILOG_NO_PREFECT = dict(block="", prefect="""\
+  this executable runs without Prefect: no flow run and no server, the same summary and failure CSV.
+  Flow runs, deployments and --credentials-block come with the Python package.""")
+NO_PREFECT_BLOCK = ("--credentials-block reads a Prefect block, and this executable is built without Prefect:"
+                    " give the keys as environment variables (see --help) or --profile")
 
 
 def validated(model, values: dict):
@@ -167,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     given = vars(parser.parse_args(argv))
     yes = given.pop("yes", False)
     prefect = not given.pop("no_prefect", False) and prefect_available()
+    if "credentials_block" in given and not prefect_available():
+        print(f"error: {NO_PREFECT_BLOCK}", file=sys.stderr)
+        return EXIT_USAGE
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     if "bucket" not in given and not terminal:
         parser.print_usage(sys.stderr)
@@ -182,11 +199,17 @@ def main(argv: list[str] | None = None) -> int:
 def _on_ctrl_c(session: Session) -> None:
     """The first Ctrl-C stops the run in order (KeyboardInterrupt: what finished is recorded, the flow run ends
     Crashed); a second one, while that happens, exits at once."""
+    first_at = 0.0
+
     def first(signum, frame):
+        nonlocal first_at
+        first_at = time.monotonic()
         signal.signal(signal.SIGINT, second)
         raise KeyboardInterrupt
 
     def second(signum, frame):
+        if time.monotonic() - first_at < SAME_SIGNAL_SECONDS:
+            return  # the first one, forwarded by the executable's bootloader
         os.write(2, f"\ninterrupted again: stopped at once; {RESUMES}\n".encode())
         if session.server is not None:
             session.server.stop(wait=0)
@@ -195,12 +218,15 @@ def _on_ctrl_c(session: Session) -> None:
 
 
 _terminated = False
+_terminated_at = 0.0
 
 
 def _sigterm(signum, frame) -> None:
     """SIGTERM (a scheduler or `kill` stopping the run) stops it the way Ctrl-C does."""
-    global _terminated
-    _terminated = True
+    global _terminated, _terminated_at
+    if _terminated and time.monotonic() - _terminated_at < SAME_SIGNAL_SECONDS:
+        return  # the same SIGTERM, sent to the process group and forwarded by the executable's bootloader
+    _terminated, _terminated_at = True, time.monotonic()
     raise KeyboardInterrupt
 
 

@@ -38,7 +38,7 @@ def answers_file() -> Path:
 
 def load_last() -> dict:
     try:
-        return json.loads(answers_file().read_text())
+        return json.loads(answers_file().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -48,7 +48,8 @@ def save_last(values: dict) -> None:
     path = answers_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({k: values[k] for k in REMEMBERED if k in values}, ensure_ascii=False))
+        path.write_text(json.dumps({k: values[k] for k in REMEMBERED if k in values}, ensure_ascii=False),
+                        encoding="utf-8")  # not the locale's: Windows' cp1252 cannot write a Chinese prefix
     except OSError:
         pass
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -570,8 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     app = DesktopApp(root, output=args.output, host=args.host, port=args.port, lang=args.lang, trace=args.trace)
     if args.start:
         root.after_idle(app.start)
-    try:
-        root.mainloop()
-    except KeyboardInterrupt:
-        app.close()
+    # Ctrl-C in the terminal that started it, or SIGTERM: close as the window's close button does. Handled on
+    # the Tk thread, and harmless twice (the executable's bootloader forwards what the terminal also sent).
+    def close_soon(signum, frame):
+        if not app.closing:
+            root.after_idle(app.close)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, close_soon)
+    root.mainloop()
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,7 +15,11 @@ from core.workarea import Output
 
 
 def _syncfs_function():
-    """Linux's syncfs(2): one call makes every written file of the file system durable."""
+    """Linux's syncfs(2): one call makes every written file of the file system durable. Elsewhere None
+    (fsync per file): macOS's libc has no syncfs, and on Windows ctypes.CDLL(None) raises TypeError."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.syncfs if hasattr(libc, "syncfs") else None
@@ -46,12 +50,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def seek_write(fd: int, data, pos: int) -> int:
+    """pwrite where the OS has none (Windows). Safe here because every write of a download runs on the
+    engine's loop thread, and a file is hashed in another thread only while nothing writes to it."""
+    os.lseek(fd, pos, os.SEEK_SET)
+    return os.write(fd, data)
+
+
+_pwrite = getattr(os, "pwrite", seek_write)
+
+
 def pwrite_all(fd: int, data: bytes, pos: int) -> None:
     """pwrite may write less than asked (a disk filling up): what it did not write must not become a hole
     of zeros in a file whose checksum was computed from the bytes received."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, pos)
+        n = _pwrite(fd, view, pos)
         view, pos = view[n:], pos + n
 
 

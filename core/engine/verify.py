@@ -105,10 +105,19 @@ def content_range(headers) -> tuple[int, int, int] | None:
 
 
 
+def seek_read(fd: int, size: int, pos: int) -> bytes:
+    """pread where the OS has none (Windows); the file is not written to while it is hashed."""
+    os.lseek(fd, pos, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+_pread = getattr(os, "pread", seek_read)
+
+
 def hash_fd(fd: int, hasher, length: int) -> None:
     pos = 0
     while pos < length:
-        data = os.pread(fd, min(8 * MiB, length - pos), pos)
+        data = _pread(fd, min(8 * MiB, length - pos), pos)
         if not data:
             break
         hasher.update(data)
