@@ -289,6 +289,11 @@ def finish(run: Run, counts: Counts, seconds: float, incomplete: str = "", extra
     Returns the summary and the CSV's first rows (for an artifact)."""
     plan = run.plan
     notes = list(notes)
+    if counts.downloaded:  # exit 0 means on disk (files are not synced one by one: README "Integrity")
+        try:
+            run.out.sync()
+        except OSError as exc:
+            notes.append(f"the output could not be synced to disk: {exc.strerror or exc}")
     if run.halt.reason is not None:
         incomplete = incomplete or (f"stopped: {run.halt.reason}; the objects not yet fetched were not attempted"
                                     " (free some space and run again)")
