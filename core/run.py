@@ -207,7 +207,9 @@ async def _pool(run: Run, items: Iterable | asyncio.Queue, work) -> None:
                 queue.put_nowait(None)  # the end, for the other workers too
                 return
             await work(item)
-    workers = [asyncio.ensure_future(worker()) for _ in range(run.engine.concurrency)]
+    # Twice the engine's concurrency: a worker whose file is being committed holds no request slot, and
+    # the engine's semaphore still caps the requests in flight.
+    workers = [asyncio.ensure_future(worker()) for _ in range(2 * run.engine.concurrency)]
     run.halt.tasks.update(workers)
     try:
         await asyncio.gather(*workers)

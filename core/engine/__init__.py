@@ -90,7 +90,7 @@ class Engine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._files.shutdown(wait=True)
-        self.committer.executor.shutdown(wait=True)
+        self.committer.close()
 
     async def _shutdown(self) -> None:
         """Cancel what is in flight and wait for it, so its cleanup (manifest writes) is done on return."""
