@@ -159,8 +159,13 @@ class GroupCommit:
                     # per group, not per file. The downloads waiting on it hold no request slot.
                     self.cond.wait(self.GATHER_SECONDS)
                 group = [self.queue.popleft() for _ in range(min(self.GROUP, len(self.queue)))]
+                if not group:  # another committer took them meanwhile
+                    continue
             errors = _commit_group([item for item, _, _ in group], self.durable)
-            group[0][2].call_soon_threadsafe(_settle, group, errors)
+            try:
+                group[0][2].call_soon_threadsafe(_settle, group, errors)
+            except RuntimeError:  # the engine has stopped (Ctrl-C): the files are in place, nobody waits
+                pass
 
     def close(self) -> None:
         """Commit what is queued, then stop the threads."""
