@@ -133,21 +133,8 @@ def _local_error(exc: OSError, folder: str) -> DownloadError:
 
 
 def _store_sdk_error(exc: BaseException) -> DownloadError | None:
-    """boto3's and oss2's exceptions (listing goes through the SDKs), in the same terms as HTTP errors."""
+    """oss2's exceptions (OSS listing goes through oss2), in the same terms as HTTP errors."""
     module = type(exc).__module__
-    if module.startswith("botocore"):
-        import botocore.exceptions as bx
-        if isinstance(exc, bx.ClientError):
-            err = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 400
-            return HTTPStatusError(int(status), str(err.get("Code", "")), str(err.get("Message", ""))[:200])
-        if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
-            return DownloadError("timeout", retryable=True)
-        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.HTTPClientError)):
-            return DownloadError(f"connection error: {exc}", retryable=True)
-        if isinstance(exc, bx.ResponseParserError):
-            return DownloadError("the store sent a listing that cannot be parsed", retryable=True)
-        return None
     if module.startswith("oss2"):
         import oss2.exceptions as ox
         if isinstance(exc, ox.RequestError):

@@ -83,6 +83,7 @@ class Settings:
     max_requests_per_second: float | None = None
     low_speed_limit: float = 1024
     low_speed_time: float = 60
+    fsync: bool = False  # each file durable before its final name (default: one sync before the report)
 
 
 @dataclass(frozen=True)

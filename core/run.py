@@ -207,7 +207,9 @@ async def _pool(run: Run, items: Iterable | asyncio.Queue, work) -> None:
                 queue.put_nowait(None)  # the end, for the other workers too
                 return
             await work(item)
-    workers = [asyncio.ensure_future(worker()) for _ in range(run.engine.concurrency)]
+    # Twice the engine's concurrency: a worker whose file is being committed holds no request slot, and
+    # the engine's semaphore still caps the requests in flight.
+    workers = [asyncio.ensure_future(worker()) for _ in range(2 * run.engine.concurrency)]
     run.halt.tasks.update(workers)
     try:
         await asyncio.gather(*workers)
@@ -289,6 +291,11 @@ def finish(run: Run, counts: Counts, seconds: float, incomplete: str = "", extra
     Returns the summary and the CSV's first rows (for an artifact)."""
     plan = run.plan
     notes = list(notes)
+    if counts.downloaded:  # exit 0 means on disk (files are not synced one by one: README "Integrity")
+        try:
+            run.out.sync()
+        except OSError as exc:
+            notes.append(f"the output could not be synced to disk: {exc.strerror or exc}")
     if run.halt.reason is not None:
         incomplete = incomplete or (f"stopped: {run.halt.reason}; the objects not yet fetched were not attempted"
                                     " (free some space and run again)")

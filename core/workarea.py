@@ -284,10 +284,14 @@ class Output:
         return hashlib.sha1(rel.encode("utf-8", "surrogateescape")).hexdigest()[:24] + "." + kind
 
     def create_temp(self, name: str) -> int:
-        """A new, empty temp file (a stale one of the same name is removed first)."""
-        self.remove_temp(name)
+        """A new, empty temp file (a stale one of the same name, or a link planted there, is removed)."""
         path, at = _at(self._work, name)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY, 0o644, dir_fd=at)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
+        try:
+            return os.open(path, flags, 0o644, dir_fd=at)
+        except FileExistsError:
+            self.remove_temp(name)
+            return os.open(path, flags, 0o644, dir_fd=at)
 
     def open_partial(self, name: str) -> int | None:
         """An existing partial file for appending, or None (missing, or not a plain file of ours)."""
@@ -349,6 +353,16 @@ class Output:
         path, at = _at(self._root, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path, dir_fd=at)
+
+    def sync(self) -> None:
+        """Everything written below the output, durable (one syncfs of its file system)."""
+        from core.engine.commit import sync_file_system
+        fd = os.open(self.root, os.O_RDONLY | _CLOEXEC) if not isinstance(self._root, int) else self._root
+        try:
+            sync_file_system(fd)
+        finally:
+            if fd is not self._root:
+                os.close(fd)
 
     def clear_work_area(self) -> None:
         """After a complete run: partial files of objects that no longer exist are of no use. (Never the

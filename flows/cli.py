@@ -118,6 +118,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                           " retried (curl's rule), 0 = none. Default: 1024")
     run.add_argument("--low-speed-time", type=float, metavar="S",
                      help="seconds a download may stay below --low-speed-limit. Default: 60")
+    run.add_argument("--fsync", action="store_true",
+                     help="make every file durable before it gets its final name (slower); default: one sync"
+                          " of the output before the summary, so exit 0 still means on disk")
     run.add_argument("--max-requests-per-second", type=float, metavar="R",
                      help="space request starts to at most R per second (stores that throttle); default: no cap")
     store = p.add_argument_group("store options")

@@ -11,7 +11,6 @@ if __name__ == "__main__":  # before Prefect is imported: the CLI sets its envir
     sys.exit(main())
 
 import uuid
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run

@@ -46,6 +46,9 @@ class DownloadParams(BaseModel):
                                                " slow and is retried (curl's rule); 0: no limit.")
     low_speed_time: float = Field(60, gt=0, title="Low-speed time (s)",
                                   description="How long a download may stay below the low-speed limit.")
+    fsync: bool = Field(False, title="Sync every file",
+                        description="Make each file durable before it gets its final name (slower); by default"
+                                    " the run syncs the output once before it reports.")
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
                                  description="First wait of round 2's exponential backoff.")
     max_requests_per_second: float | None = Field(
@@ -79,7 +82,7 @@ class DownloadParams(BaseModel):
 
     def settings(self) -> Settings:
         return Settings(self.concurrency, self.connect_timeout, self.read_timeout, self.max_requests_per_second,
-                        self.low_speed_limit, self.low_speed_time)
+                        self.low_speed_limit, self.low_speed_time, self.fsync)
 
     def plan(self, run_id: str) -> Plan:
         return Plan(Path(self.output).expanduser().resolve(), run_id, prefix_folder(self.prefix),

@@ -12,7 +12,7 @@ from prefect.futures import wait
 from core import listing
 from core.errors import ListingError
 from core.model import Counts, Job
-from core.report import Preview, Summary, earlier_run
+from core.report import Preview, Summary
 from core.run import listing_failure, retry_chunks
 from tasks import units
 from tasks.progress import Progress

@@ -7,7 +7,7 @@ from core.sources import Page
 from core.errors import (DiskFull, DownloadError, HTTPStatusError, ListingError, LocalPathError, TooSlow,
                           as_download_error, http_error)
 from core.model import RemoteObject
-from core.listing import ListingGuard, list_page, pages
+from core.listing import list_page, pages
 
 
 def page(keys, next_token=None, truncated=None):
@@ -95,13 +95,7 @@ def test_one_classifier_for_every_failure(exc, kind, retryable, text):
 
 
 def test_sdk_errors_are_classified_like_http_errors():
-    import botocore.exceptions as bx
     import oss2.exceptions as ox
-    throttled = bx.ClientError({"Error": {"Code": "SlowDown", "Message": "slow"},
-                                "ResponseMetadata": {"HTTPStatusCode": 503}}, "ListObjectsV2")
-    assert as_download_error(throttled).retryable and "HTTP 503 SlowDown" in str(as_download_error(throttled))
-    assert as_download_error(bx.EndpointConnectionError(endpoint_url="http://x")).retryable
-    assert as_download_error(bx.ReadTimeoutError(endpoint_url="http://x")).retryable
     assert as_download_error(ox.RequestError(Exception("timed out"))).retryable
     denied = ox.ServerError(403, {}, b"<Error><Code>AccessDenied</Code></Error>", {"Code": "AccessDenied"})
     assert not as_download_error(denied).retryable

@@ -92,25 +92,3 @@ def test_sts_token_and_v4_signing(oss, oss_bucket, tmp_path, cli):
     # The token is really checked: without it the same temporary key is refused.
     refused = run_cli(oss_args(oss, oss_bucket, tmp_path / "no"), **dict(sts, OSS_SESSION_TOKEN=""))
     assert refused.returncode == 2 and "access denied" in refused.stderr
-
-
-@pytest.mark.parametrize("endpoint, region", [
-    ("https://s3.oss-cn-hangzhou.aliyuncs.com", "oss-cn-hangzhou"),
-    ("https://oss-cn-shanghai-internal.aliyuncs.com", "oss-cn-shanghai"),
-])
-def test_oss_through_its_s3_api_gets_the_settings_oss_needs(endpoint, region):
-    """OSS's S3 API: virtual-hosted style, SigV4 with the OSS region, no boto3 default checksums."""
-    from core.sources import StoreConfig
-    from core.sources.s3 import S3Source
-    backend = S3Source(StoreConfig(backend="s3", bucket="my-bucket", endpoint=endpoint))
-    config = backend.client.meta.config
-    assert config.s3["addressing_style"] == "virtual" and config.signature_version == "s3v4"
-    assert (config.request_checksum_calculation, config.response_checksum_validation) == \
-        ("when_required", "when_required")
-    assert backend.client.meta.region_name == region
-    url = backend.client.generate_presigned_url("get_object", Params={"Bucket": "my-bucket", "Key": "a/b.jpg"})
-    assert url.startswith(endpoint.replace("https://", "https://my-bucket.") + "/a/b.jpg?")
-    assert f"%2F{region}%2Fs3%2Faws4_request" in url
-    # A store that is not OSS keeps the caller's choice (auto → boto3 picks).
-    other = S3Source(StoreConfig(backend="s3", bucket="b", endpoint="http://127.0.0.1:9000"))
-    assert other.client.meta.config.s3["addressing_style"] == "auto"

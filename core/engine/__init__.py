@@ -50,7 +50,7 @@ class Engine:
     def __init__(self, concurrency: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
                  part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB,
                  max_requests_per_second: float | None = None, low_speed_limit: float = 1024,
-                 low_speed_time: float = 60):
+                 low_speed_time: float = 60, fsync: bool = False):
         self.concurrency = concurrency
         self._rate = RateLimit(max_requests_per_second) if max_requests_per_second else None
         self.part_size = part_size
@@ -62,7 +62,8 @@ class Engine:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="transfer-engine", daemon=True)
         self._files = ThreadPoolExecutor(max_workers=2, thread_name_prefix="files")
-        self.committer = GroupCommit()
+        self.committer = GroupCommit(durable=fsync)
+        self._slot = _Slot(self)
         self._sem: asyncio.Semaphore
         self._session: aiohttp.ClientSession
 
@@ -89,7 +90,7 @@ class Engine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._files.shutdown(wait=True)
-        self.committer.executor.shutdown(wait=True)
+        self.committer.close()
 
     async def _shutdown(self) -> None:
         """Cancel what is in flight and wait for it, so its cleanup (manifest writes) is done on return."""
@@ -113,12 +114,9 @@ class Engine:
         return asyncio.get_running_loop().run_in_executor(self._files, fn, *args)
 
     # -- the request limit ----------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def slot(self):
-        async with self._sem:
-            if self._rate:
-                await self._rate.wait()
-            yield
+    def slot(self) -> "_Slot":
+        """`async with engine.slot():` one request of the concurrency (and the rate limit)."""
+        return self._slot
 
     async def _acquire(self) -> None:
         await self._sem.acquire()
@@ -140,9 +138,9 @@ class Engine:
         """GET with a freshly signed URL; one re-sign when the store says the link expired."""
         for refresh in (False, True):
             link = sign(refresh)
-            if inspect.isawaitable(link):
+            if type(link) is not str and inspect.isawaitable(link):
                 link = await link
-            url, extra = link if isinstance(link, tuple) else (link, None)
+            url, extra = link if type(link) is tuple else (link, None)
             # encoded=True: the signature covers the exact percent-encoding the signer produced.
             resp = await self._session.get(URL(url, encoded=True), headers={**headers, **extra} if extra else headers)
             if resp.status in (200, 206):
@@ -165,8 +163,24 @@ class Engine:
         return await _fetch.fetch_whole(self, sign, out, rel, size, etag, expired, on_bytes)
 
 
+class _Slot:
+    """A plain async context manager: a generator-based one costs several µs per request."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def __aenter__(self) -> None:
+        await self.engine._acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self.engine._sem.release()
+
+
 def engine_for(settings: Settings) -> Engine:
     """A (not yet started) engine with a run's settings."""
     return Engine(settings.concurrency, settings.connect_timeout, settings.read_timeout,
                   max_requests_per_second=settings.max_requests_per_second,
-                  low_speed_limit=settings.low_speed_limit, low_speed_time=settings.low_speed_time)
+                  low_speed_limit=settings.low_speed_limit, low_speed_time=settings.low_speed_time,
+                  fsync=settings.fsync)

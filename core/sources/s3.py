@@ -1,86 +1,100 @@
-"""S3-compatible stores through boto3: listing and presigned GET URLs."""
+"""Any S3-compatible store (AWS S3, Aliyun OSS's S3 API, MinIO, SeaweedFS, Ceph…): listing pages and object
+GETs, both presigned by core/sources/sigv4.py; listing pages are fetched here (one at a time, plain
+http.client) and parsed with ElementTree, object GETs by the engine.
+
+No boto3 on this path: its import and client cost ~0.4 s, and its listing parser ~30 µs per object. botocore
+is imported only to find credentials that are not given directly (a profile, SSO, an instance role).
+"""
 from __future__ import annotations
 
+import http.client
+import os
 import re
-from urllib.parse import urlparse
+import socket
+import ssl
+import threading
+import xml.etree.ElementTree as ET
+from urllib.parse import unquote_plus, urlsplit
 
-import boto3
-import botocore.exceptions as bx
-from botocore.config import Config
-
-from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
-from core.sources.sigv4 import FastPresigner
-from core.errors import ListingError, UsageError, retrying_sync
+from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error, retrying_sync
 from core.model import RemoteObject
+from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.sources.sigv4 import Credentials, SigV4Signer
 
 URL_TTL = 3600
 # Aliyun OSS's S3-compatible endpoints: s3.oss-<region>.aliyuncs.com or oss-<region>[-internal].aliyuncs.com
 _OSS_S3_HOST = re.compile(r"^(?:s3\.)?(oss-[a-z0-9-]+?)(?:-internal)?\.aliyuncs\.com$")
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken",
-           "ExpiredToken", "AllAccessDisabled"}
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+           "AllAccessDisabled"}
 
 
-def client_settings(config: StoreConfig) -> tuple[dict, Config]:
-    """boto3 client arguments for the endpoint; OSS's S3 API needs virtual-hosted style and SigV4."""
-    host = urlparse(config.endpoint).hostname if config.endpoint else None
-    oss = _OSS_S3_HOST.match(host or "")
+def addressing(config: StoreConfig, region: str) -> tuple[str, str]:
+    """(origin, bucket path) of the bucket: path style (http://host:9000, /bucket) or virtual-hosted
+    (https://bucket.host, ''). Aliyun OSS's S3 API needs virtual-hosted; AWS uses it for DNS-safe names;
+    other stores (any endpoint given) path style, unless asked otherwise."""
     style = config.addressing_style
-    region = config.region
-    if oss:
-        style = "virtual" if style == "auto" else style
-        region = region or oss.group(1)
-    kwargs = {"endpoint_url": config.endpoint, "region_name": region or "us-east-1"}
-    cfg = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": style},
-        # boto3 >= 1.36 adds CRC checksums that third-party stores reject.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=4,  # boto3 only lists, one page at a time; the engine fetches every byte
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        retries={"mode": "standard", "total_max_attempts": 1},  # the product's one retry policy retries
-    )
-    return kwargs, cfg
+    if config.endpoint:
+        parts = urlsplit(config.endpoint)
+        scheme, netloc = parts.scheme or "https", parts.netloc
+        if style == "auto":
+            style = "virtual" if _OSS_S3_HOST.match(parts.hostname or "") else "path"
+    else:
+        scheme, netloc = "https", f"s3.{region}.amazonaws.com"
+        if style == "auto":
+            style = "virtual" if _DNS_BUCKET.match(config.bucket) else "path"
+    if style == "virtual":
+        return f"{scheme}://{config.bucket}.{netloc}", ""
+    return f"{scheme}://{netloc}", "/" + config.bucket
+
+
+def signing_region(config: StoreConfig) -> str:
+    host = urlsplit(config.endpoint).hostname if config.endpoint else ""
+    oss = _OSS_S3_HOST.match(host or "")
+    return (config.region or (oss.group(1) if oss else "") or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+
+def credentials(config: StoreConfig) -> Credentials | object:
+    """The store's keys: given (a credentials block), from the environment, or botocore's chain (profile,
+    SSO, instance role: refreshable, so a function). UsageError when there are none."""
+    given = config.credentials
+    if given.get("access_key_id") and given.get("secret_access_key"):
+        return given["access_key_id"], given["secret_access_key"], given.get("session_token", "")
+    env = os.environ
+    if not config.profile and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", "")
+    import botocore.exceptions
+    import botocore.session
+    try:
+        found = botocore.session.Session(profile=config.profile).get_credentials()
+    except botocore.exceptions.ProfileNotFound:
+        raise UsageError(f"AWS profile {config.profile!r} not found") from None
+    if found is None:
+        raise UsageError("no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --profile")
+
+    def current() -> Credentials:
+        frozen = found.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token or ""
+    return current
 
 
 class S3Source(Source):
-    """Any S3-compatible store: boto3 lists, a lean SigV4 presigner signs each GET."""
+    """Any S3-compatible store: presigned listing pages and object GETs."""
 
     def __init__(self, config: StoreConfig):
         self.config = config
-        kwargs, cfg = client_settings(config)
-        creds = config.credentials
-        keys = {"aws_access_key_id": creds.get("access_key_id"),
-                "aws_secret_access_key": creds.get("secret_access_key"),
-                "aws_session_token": creds.get("session_token")}
-        try:
-            session = boto3.Session(profile_name=config.profile, **{k: v for k, v in keys.items() if v})
-        except bx.ProfileNotFound:
-            raise UsageError(f"AWS profile {config.profile!r} not found") from None
-        # Listing never reads LastModified: leave it a string instead of dateutil-parsing 1,000 per page
-        # (a tenth of a small-object run's CPU).
-        session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
-        self.client = session.client("s3", config=cfg, **kwargs)
-        self._fast: FastPresigner | bool | None = None  # built on first use (needs credentials)
+        self.region = signing_region(config)
+        self._credentials = credentials(config)
+        self._address(self.region)
+        self._local = threading.local()  # one keep-alive connection per listing thread
 
-    def _explain(self, exc: Exception) -> Exception:
-        where = f"bucket {self.config.bucket!r}"
-        if isinstance(exc, bx.NoCredentialsError):
-            return UsageError("no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --profile")
-        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
-            return UsageError(f"cannot reach endpoint {self.config.endpoint or 'AWS S3'}")
-        if isinstance(exc, bx.ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchBucket", "404"):
-                return UsageError(f"{where} not found")
-            if code in _DENIED:
-                return UsageError(f"access denied to {where} ({code}): check the credentials and permissions")
-            return RuntimeError(f"listing {where} failed: {code or exc}")
-        if isinstance(exc, bx.BotoCoreError):
-            return RuntimeError(f"listing {where} failed: {exc}")
-        return exc
+    def _address(self, region: str) -> None:
+        self.region = region
+        self.origin, self.bucket_path = addressing(self.config, region)
+        self.sign = SigV4Signer(self._credentials, region, URL_TTL)
 
+    # -- listing ---------------------------------------------------------------------------------------
     def check(self) -> None:
         try:
             for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
@@ -89,52 +103,129 @@ class S3Source(Source):
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
 
-    def list_page(self, token: str | None, limit: int = PAGE_SIZE) -> Page:
-        args = {"Bucket": self.config.bucket, "Prefix": self.config.prefix, "MaxKeys": limit}
+    def _explain(self, exc: Exception) -> Exception:
+        where = f"bucket {self.config.bucket!r}"
+        if isinstance(exc, UsageError):
+            return exc
+        if isinstance(exc, HTTPStatusError):
+            if exc.code == "NoSuchBucket" or (exc.status == 404 and not exc.code):
+                return UsageError(f"{where} not found")
+            if exc.code in _DENIED or exc.status == 403:
+                return UsageError(f"access denied to {where} ({exc.code or exc.status}): check the credentials"
+                                  " and permissions")
+            return RuntimeError(f"listing {where} failed: {exc}")
+        if isinstance(exc, DownloadError) and exc.retryable:  # the store did not answer
+            return UsageError(f"cannot reach endpoint {self.config.endpoint or 'AWS S3'}: {exc}")
+        return exc
+
+    def list_page(self, token: str | None, limit: int = PAGE_SIZE, delimiter: str = "") -> Page:
+        params = [("list-type", "2"), ("max-keys", str(limit)), ("prefix", self.config.prefix),
+                  ("encoding-type", "url")]
+        if delimiter:
+            params.append(("delimiter", delimiter))
         if token:
-            args["ContinuationToken"] = token
+            params.append(("continuation-token", token))
         elif self.config.start_after:
-            args["StartAfter"] = self.config.start_after
-        resp = self.client.list_objects_v2(**args)
-        objects = [RemoteObject(o["Key"], o["Size"], o.get("ETag", "").strip('"'), o.get("StorageClass", ""),
-                                modified=o.get("LastModified", "")) for o in resp.get("Contents", ())]
-        truncated = bool(resp.get("IsTruncated"))
-        page = Page(objects, resp.get("NextContinuationToken") if truncated else None, truncated)
-        return clip(page, self.config.end_before)
+            params.append(("start-after", self.config.start_after))
+        root = self._get_xml(params)
+        page = _page(root)
+        return page if delimiter else clip(page, self.config.end_before)
 
-    def signer(self, obj: RemoteObject, again: bool = False):
-        key = obj.key
-        if self._fast is None:
-            self._fast = self._fast_presigner()
-        if self._fast:
-            url = self._fast.url
-            return lambda refresh: url(key)
-        params = {"Bucket": self.config.bucket, "Key": key}
-        presign = self.client.generate_presigned_url
-        return lambda refresh: presign("get_object", Params=params, ExpiresIn=URL_TTL)
+    def _get_xml(self, params: list[tuple[str, str]]) -> ET.Element:
+        for redirected in (False, True):
+            status, headers, body = self._get(self.sign.url(self.origin, self.bucket_path or "/", params))
+            if status == 200:
+                try:
+                    return ET.fromstring(body)
+                except ET.ParseError:
+                    raise DownloadError("the store sent a listing that cannot be parsed", retryable=True) from None
+            region = headers.get("x-amz-bucket-region") or _xml_text(body, "Region")
+            if not redirected and not self.config.endpoint and region and region != self.region:
+                self._address(region)  # AWS: the bucket lives in another region; its URLs change with it
+                continue
+            raise http_error(status, body)
+        raise AssertionError("unreachable")
 
-    def _fast_presigner(self):
-        try:
-            return FastPresigner(self.client, self.config.bucket, URL_TTL)
-        except Exception:  # noqa: BLE001 - anything unusual: botocore signs every URL
-            return False
+    def _get(self, url: str) -> tuple[int, dict, bytes]:
+        parts = urlsplit(url)
+        target = f"{parts.path}?{parts.query}"
+        for fresh in (False, True):
+            conn = self._connection(parts, fresh)
+            try:
+                conn.request("GET", target)
+                resp = conn.getresponse()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if fresh:  # a new connection failed too: the store, not a stale keep-alive
+                    raise DownloadError("connection reset", retryable=True) from None
+            except (socket.timeout, TimeoutError):
+                conn.close()
+                raise DownloadError("timeout", retryable=True) from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise DownloadError(f"connection error: {exc}", retryable=True) from None
+        raise AssertionError("unreachable")
+
+    def _connection(self, parts, fresh: bool) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if fresh or conn is None or getattr(self._local, "netloc", None) != parts.netloc:
+            if conn is not None:
+                conn.close()
+            timeout = self.config.read_timeout or None
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                   context=ssl.create_default_context())
+            else:
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            self._local.conn, self._local.netloc = conn, parts.netloc
+        return conn
 
     def folders(self) -> list[str]:
         """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
         seen: set = set()
         found, token = [], None
         while True:
-            args = {"Bucket": self.config.bucket, "Prefix": self.config.prefix, "Delimiter": "/"}
-            if token:
-                args["ContinuationToken"] = token
             try:
-                resp = self.client.list_objects_v2(**args)
+                root = self._get_xml([("list-type", "2"), ("prefix", self.config.prefix), ("delimiter", "/"),
+                                      ("encoding-type", "url")] + ([("continuation-token", token)] if token else []))
             except Exception as exc:  # noqa: BLE001
                 raise self._explain(exc) from None
-            found += [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
-            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+            ns = _ns(root)
+            found += [unquote_plus(p.findtext(f"{ns}Prefix") or "") for p in root.iter(f"{ns}CommonPrefixes")]
+            token = root.findtext(f"{ns}NextContinuationToken") if root.findtext(f"{ns}IsTruncated") == "true" \
+                else None
             if not token:
                 return found
             if token in seen:
                 raise ListingError("the store repeated a continuation token listing the top folders")
             seen.add(token)
+
+    # -- objects ---------------------------------------------------------------------------------------
+    def signer(self, obj: RemoteObject, again: bool = False):
+        url, origin, path = self.sign.url, self.origin, self.bucket_path + "/" + obj.key
+        return lambda refresh: url(origin, path)
+
+
+def _ns(root: ET.Element) -> str:
+    return root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def _page(root: ET.Element) -> Page:
+    """A ListObjectsV2 answer: keys URL-decoded (encoding-type=url), LastModified kept as its text."""
+    ns = _ns(root)
+    decode = root.findtext(f"{ns}EncodingType") == "url"
+    k, s, e, c, m = (f"{ns}Key", f"{ns}Size", f"{ns}ETag", f"{ns}StorageClass", f"{ns}LastModified")
+    objects = []
+    for item in root.iter(f"{ns}Contents"):
+        key = item.findtext(k) or ""
+        objects.append(RemoteObject(unquote_plus(key) if decode else key, int(item.findtext(s) or 0),
+                                    (item.findtext(e) or "").strip('"'), item.findtext(c) or "",
+                                    modified=item.findtext(m) or ""))
+    truncated = root.findtext(f"{ns}IsTruncated") == "true"
+    return Page(objects, (root.findtext(f"{ns}NextContinuationToken") or None) if truncated else None, truncated)
+
+
+def _xml_text(body: bytes, tag: str) -> str:
+    found = re.search(rb"<" + tag.encode() + rb">([^<]{1,64})</", body or b"")
+    return found.group(1).decode(errors="replace") if found else ""
