@@ -151,10 +151,6 @@ class Job(Events):
         self.queue.put_nowait((obj, rel))
 
     # -- what the runner does to each file (Events, on the loop) ----------------------------------------
-    def started(self, obj) -> None:
-        self.files[obj.key].state = "active"
-        self.service.changed()
-
     def outcome(self, obj, outcome) -> None:
         f = self.files[obj.key]
         req = f.req
@@ -183,15 +179,20 @@ class Job(Events):
                                         completed=c["completed"], failed=c["failed"], total=total)))
 
     def progress(self, obj):
-        """on_bytes for one attempt: a progress ack at most every PROGRESS_EVERY seconds (large files)."""
+        """on_bytes for one attempt: the file is "current" once a request for it has its slot (the runner
+        has more files in hand than requests in flight); a progress ack at most every PROGRESS_EVERY seconds
+        (large files)."""
         f = self.files[obj.key]
         order, size = f.req.order, f.req.size
-        if order is None or size < PROGRESS_MIN_BYTES:
-            return None
         loop = asyncio.get_running_loop()
         state = {"bytes": 0, "at": loop.time(), "sent": -1}
 
         def on_bytes(n: int) -> None:
+            if f.state != "active":  # queued, or a failure of round 1 being retried
+                f.state = "active"
+                self.service.changed()
+            if order is None or size < PROGRESS_MIN_BYTES:
+                return
             state["bytes"] += n
             now = loop.time()
             if now - state["at"] >= PROGRESS_EVERY:

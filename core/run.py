@@ -49,14 +49,11 @@ class Events:
     """What a caller hears of a run as it goes (the plugin service: per-file acks, counters, log lines).
     Every method is called on the engine's loop; the defaults do nothing."""
 
-    def started(self, obj: RemoteObject) -> None:
-        pass
-
     def outcome(self, obj: RemoteObject, outcome: Outcome) -> None:
         pass
 
     def progress(self, obj: RemoteObject) -> Callable[[int], None] | None:
-        """`on_bytes` for one attempt at `obj`, or None."""
+        """`on_bytes` for one attempt at `obj` (see Engine.fetch), or None."""
         return None
 
 
@@ -162,7 +159,6 @@ async def round1(run: Run, items: list[Item] | asyncio.Queue) -> Counts:
 
 async def _attempt(run: Run, obj: RemoteObject, rel: str, attempts: int, again: bool) -> Outcome:
     source = run.source
-    run.events.started(obj)
     try:
         got = await run.engine.fetch(source.signer(obj, again), run.out, rel, obj.size, obj.etag,
                                      source.link_expired, run.events.progress(obj))

@@ -156,7 +156,8 @@ class Engine:
                     on_bytes: Callable[[int], None] | None = None) -> Fetched:
         """Download one object to `out`/`rel` (temp file in the work area, verified, then renamed).
         `size` and `etag` are what the listing said (UNKNOWN_SIZE / "" when the source gives none);
-        `on_bytes(n)` hears of every chunk, on the loop. Raises on failure."""
+        `on_bytes(n)` hears of every chunk, on the loop, and
+        `on_bytes(0)` of every request when it has its slot (its turn among the `concurrency`). Raises on failure."""
         etag = bare_etag(etag)
         if size >= self.multipart_threshold and size > self.part_size:
             return await _fetch.fetch_parts(self, sign, out, rel, size, etag, expired, on_bytes)

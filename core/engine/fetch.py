@@ -40,6 +40,8 @@ async def fetch_whole(engine, sign, out: Output, rel: str, size: int, etag: str,
     if offset:
         headers["Range"] = f"bytes={offset}-"
     async with engine.slot():
+        if on_bytes:
+            on_bytes(0)  # a request for it has begun (the plugin's "current" count)
         try:
             resp = await engine.open(sign, headers, expired)
         except HTTPStatusError as err:
@@ -166,6 +168,8 @@ async def fetch_range(engine, sign, fd: int, start: int, end: int, size: int, et
                        on_bytes) -> None:
     headers = {"Range": f"bytes={start}-{end}", **({"If-Match": f'"{etag}"'} if etag else {})}
     async with engine.slot():
+        if on_bytes:
+            on_bytes(0)
         try:
             resp = await engine.open(sign, headers, expired)
         except HTTPStatusError as err:
