@@ -1,4 +1,5 @@
-"""Run one tool as a whole process tree; wall time, peak RSS (sum over the tree, polled) and the exit code."""
+"""Run one tool as a whole process tree; wall time, CPU time, peak RSS (sum over the tree, polled) and the exit
+code."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,8 @@ class Measured:
     rc: int
     tree_peak_mb: float      # max over samples of the summed RSS of the process tree (shared pages count twice)
     single_peak_mb: float    # ru_maxrss: the largest single process of the tree (wait4 of the root)
+    user: float = 0.0        # CPU seconds of the tree's processes that were waited for (all of a tool's own)
+    sys: float = 0.0
     timed_out: bool = False
     leftovers: int = 0       # processes of the tree still alive when the root exited
     stderr_tail: str = ""
@@ -116,6 +119,7 @@ def run(cmd: list[str], env: dict, cwd: Path, log: Path, timeout: float, interva
             single = 0
     tail = log.read_bytes()[-2000:].decode(errors="replace")
     return Measured(wall=wall, rc=proc.returncode, tree_peak_mb=peak[0] / 2**20, single_peak_mb=single / 1024,
+                    user=usage.ru_utime, sys=usage.ru_stime,
                     timed_out=timed_out, leftovers=leftovers, stderr_tail=tail, log=log)
 
 

@@ -239,15 +239,16 @@ def test_a_halt_stops_every_download_of_the_run(world):
         def outcome(self, obj, outcome):
             run.halt.trip(DiskFull(str(world.root / "out")))
     run.events = FullAfterTheFirst()
-    got = round1(run, items[:8])
+    got = round1(run, items[:10])
     run.manifest.flush()
     assert got.downloaded == 1 and len(run.manifest.done_entries([obj.key for obj, _ in items])) == 1
     # What was in flight was cancelled (a file whose bytes were already verified may still get its name,
-    # unrecorded: the next run recognises it); nothing new started.
-    assert sum(world.gets(f"d/{i:02d}") for i in range(12)) <= run.engine.concurrency
+    # unrecorded: the next run recognises it); nothing new started. In flight: the round's workers, twice
+    # the concurrency (a worker whose file is being committed holds no request slot), fewer than 10.
+    assert sum(world.gets(f"d/{i:02d}") for i in range(12)) <= 2 * run.engine.concurrency < 10
     assert all(body == data("d/" + rel) for rel, body in world.files().items())
-    later = round1(run, items[8:])
-    assert later.downloaded == later.failed == 0 and sum(world.gets(f"d/{i:02d}") for i in range(8, 12)) == 0
+    later = round1(run, items[10:])
+    assert later.downloaded == later.failed == 0 and sum(world.gets(f"d/{i:02d}") for i in range(10, 12)) == 0
 
     partial = run.out.temp_name("elsewhere", "part")
     os.close(run.out.create_temp(partial))

@@ -7,7 +7,7 @@ import pytest
 from botocore.config import Config
 
 from core.sources import StoreConfig
-from core.sources.s3 import S3Source, addressing, signing_region
+from core.sources.s3 import S3Source, addressing, configured_endpoint, signing_region
 from core.sources.sigv4 import SigV4Signer
 
 KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -84,3 +84,16 @@ def test_moto_server_accepts_our_urls_and_listings(s3, bucket):
     assert sorted(o.key for o in page.objects) == sorted(keys) and not page.truncated
     for obj in page.objects:
         assert urllib.request.urlopen(source.signer(obj)(False)).read() == obj.key.encode()
+
+
+def test_the_endpoint_comes_from_the_aws_sdks_environment_when_not_given(monkeypatch):
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+        monkeypatch.delenv(name, raising=False)
+    assert configured_endpoint(StoreConfig(bucket="b")) is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert configured_endpoint(StoreConfig(bucket="b")) == "http://127.0.0.1:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")  # the service's own wins, as in botocore
+    assert configured_endpoint(StoreConfig(bucket="b")) == "http://127.0.0.1:2"
+    assert configured_endpoint(StoreConfig(bucket="b", endpoint="http://127.0.0.1:3")) == "http://127.0.0.1:3"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert configured_endpoint(StoreConfig(bucket="b")) is None

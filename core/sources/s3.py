@@ -7,6 +7,7 @@ is imported only to find credentials that are not given directly (a profile, SSO
 """
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import re
@@ -79,10 +80,24 @@ def credentials(config: StoreConfig) -> Credentials | object:
     return current
 
 
+def configured_endpoint(config: StoreConfig) -> str | None:
+    """The endpoint given, else the AWS SDKs' environment variables (AWS_ENDPOINT_URL_S3, then
+    AWS_ENDPOINT_URL, unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS), as boto3 and the AWS CLI read them."""
+    if config.endpoint:
+        return config.endpoint
+    env = os.environ
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
 class S3Source(Source):
     """Any S3-compatible store: presigned listing pages and object GETs."""
 
     def __init__(self, config: StoreConfig):
+        endpoint = configured_endpoint(config)
+        if endpoint != config.endpoint:
+            config = dataclasses.replace(config, endpoint=endpoint)
         self.config = config
         self.region = signing_region(config)
         self._credentials = credentials(config)
