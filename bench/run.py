@@ -5,6 +5,11 @@
 Each tool runs as a whole process, as a user would run it, into a fresh empty folder, in alternation
 (A B C D A B C D …) for several rounds; wall time and peak RSS of its process tree are measured and the
 downloaded files are counted. Results go to the terminal and to bench/RESULTS.md (or --output-md).
+
+The product runs in several variants: against a running Prefect server (`product`), with `--no-prefect`,
+with the temporary server it starts itself (`product-ephemeral`, empty prefix), as the executable
+(`product-exe`, when dist/oss-download is built) and with `--backend oss` against the OSS-protocol server
+(`product-oss…`).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import measure
+from bench.oss import OssProcess
 from bench.seaweed import ACCESS_KEY, REGION, SECRET_KEY, Weed, free_port, weed_version
 from bench.seed import BUCKET, MiB, Scenario, scenarios, seed
 
@@ -40,6 +46,14 @@ PRODUCT_CANDIDATES = (32, 64)
 RCLONE_CANDIDATES = (16, 32, 64)
 S5CMD_CANDIDATES = (64, 256)
 AWS_CONCURRENCY = 32
+OSS_ACCESS_KEY, OSS_SECRET_KEY = "oss-test-key-id", "oss-test-key-secret"  # infra/oss_server.py's
+EXECUTABLE = ROOT / "dist" / "oss-download"
+# The product's variants per scenario: Prefect's cost shows beside the core's; OSS beside S3.
+VARIANTS = {1: ["product", "product-noprefect", "product-oss"],
+            2: ["product", "product-oss"],
+            3: ["product", "product-oss"],
+            4: ["product", "product-noprefect", "product-exe", "product-ephemeral", "product-oss",
+                "product-oss-noprefect"]}
 
 
 def log(msg: str = "") -> None:
@@ -143,6 +157,7 @@ class Context:
     bins: dict[str, str]
     product_python: str
     api: str | None = None           # running Prefect server
+    oss_endpoint: str = ""           # the OSS-protocol server (product-oss…)
     ephemeral_home: Path | None = None
     settings: dict = field(default_factory=lambda: {"product": 64, "rclone": 32, "s5cmd": 256, "aws": AWS_CONCURRENCY})
 
@@ -154,11 +169,17 @@ def command(tool: str, sc: Scenario, dest: Path, ctx: Context, value: int | None
     n = ctx.settings.get(base) if value is None else value
     src_prefix = sc.prefix.rstrip("/")
     if base == "product":
-        cmd = [ctx.product_python, "-m", "flows.download", "--backend", "s3", "--endpoint", ctx.endpoint,
+        variant = tool.split("-")[1:]
+        program = [str(EXECUTABLE)] if "exe" in variant else [ctx.product_python, "-m", "flows.download"]
+        backend, endpoint = ("oss", ctx.oss_endpoint) if "oss" in variant else ("s3", ctx.endpoint)
+        cmd = [*program, "--backend", backend, "--endpoint", endpoint,
                "--bucket", BUCKET, "--prefix", sc.prefix, "--output", str(dest), "--concurrency", str(n), "--yes"]
-        if tool == "product-ephemeral":
+        if "noprefect" in variant:
+            cmd.append("--no-prefect")
+        env.update(OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY, OSS_ACCESS_KEY_SECRET=OSS_SECRET_KEY)
+        if "ephemeral" in variant:
             env["PREFECT_HOME"] = str(ctx.ephemeral_home)
-        else:
+        elif not {"noprefect", "exe"} & set(variant):
             env["PREFECT_HOME"] = str(ctx.work / "prefect-client-home")
             env["PREFECT_API_URL"] = ctx.api
     elif tool == "rclone":
@@ -212,6 +233,7 @@ class Run:
     round: int            # 0: tuning or warm-up, not in the statistics
     value: int | None
     wall: float
+    cpu: float            # user + sys seconds of the tool's processes
     peak_mb: float
     tree_peak_mb: float
     single_peak_mb: float
@@ -248,11 +270,11 @@ def run_once(tool: str, sc: Scenario, ctx: Context, rnd: int, value: int | None 
     if m.leftovers:
         note = (note + "; " if note else "") + f"{m.leftovers} process(es) left running"
     shutil.rmtree(dest, ignore_errors=True)
-    r = Run(sc.number, tool, rnd, used, m.wall, m.peak_mb, m.tree_peak_mb, m.single_peak_mb, m.rc, files, size, ok,
+    r = Run(sc.number, tool, rnd, used, m.wall, m.user + m.sys, m.peak_mb, m.tree_peak_mb, m.single_peak_mb, m.rc, files, size, ok,
             note, " ".join(_display(cmd)))
     status = "ok" if ok else "FAILED"
     log(f"    s{sc.number} {tool:<17} {('(' + str(used) + ')') if used else '':>6} round {rnd}: "
-        f"{m.wall:8.2f}s  {m.peak_mb:7.1f} MB  {status}{'  ' + note if note else ''}")
+        f"{m.wall:8.2f}s  cpu {m.user + m.sys:7.2f}s  {m.peak_mb:7.1f} MB  {status}{'  ' + note if note else ''}")
     if not ok:
         log("      " + m.stderr_tail.strip().replace("\n", "\n      ")[-800:])
     return r
@@ -290,7 +312,9 @@ class Row:
     peak_mb: float | None
     ok_runs: int
     runs: int
-    ratio: float | None = None
+    cpu: float | None = None          # median CPU seconds (user + sys)
+    ratio: float | None = None        # median wall / rclone's
+    cpu_ratio: float | None = None    # median CPU / rclone's
     notes: list[str] = field(default_factory=list)
 
 
@@ -305,6 +329,7 @@ def summarize(runs: list[Run], order: list[str]) -> list[Row]:
         walls = [r.wall for r in good]
         row = Row(number, tool, rs[-1].value, statistics.median(walls) if walls else None,
                   min(walls) if walls else None, max(r.peak_mb for r in good) if good else None, len(good), len(rs),
+                  cpu=statistics.median(r.cpu for r in good) if good else None,
                   notes=sorted({r.note for r in rs if r.note}))
         rows.append(row)
     for row in rows:
@@ -312,47 +337,59 @@ def summarize(runs: list[Run], order: list[str]) -> list[Row]:
         if ref and ref.median and row.median is not None:
             ref_median = max(ref.median, 1e-9)
             row.ratio = row.median / ref_median
+        if ref and ref.cpu and row.cpu is not None:
+            row.cpu_ratio = row.cpu / ref.cpu
     return rows
 
 
 def targets(rows: list[Row], scs: dict[int, Scenario]) -> list[tuple[str, bool | None, str]]:
+    """P1–P4 of the performance issue, and the OSS path beside the S3 path (None: reported, no target)."""
     def get(number, tool):
-        return next((r for r in rows if r.scenario == number and r.tool == tool), None)
+        row = next((r for r in rows if r.scenario == number and r.tool == tool), None)
+        return row if row and row.median is not None else None
     out = []
     p, r = get(1, "product"), get(1, "rclone")
-    if p or r:
-        ok = bool(p and r and p.median is not None and r.median and p.median / r.median <= 1.0)
-        detail = (f"{p.median:.2f}s / {r.median:.2f}s = {p.median / r.median:.2f}"
-                  if p and r and p.median is not None and r.median else "not measured")
-        out.append(("Scenario 1: product median wall / rclone median wall ≤ 1.0", ok, detail))
+    if p and r:
+        n = scs[1].count
+        out.append(("P1 scenario 1, whole product process (running Prefect server): wall ≤ 0.9 × rclone",
+                    p.median <= 0.9 * r.median, f"{p.median:.2f}s / {r.median:.2f}s = {p.median / r.median:.2f}"))
+        out.append(("P1 scenario 1: CPU per object (user+sys) below rclone's", p.cpu < r.cpu,
+                    f"{1e6 * p.cpu / n:.0f} µs vs {1e6 * r.cpu / n:.0f} µs = {p.cpu / r.cpu:.2f}"))
     p, r = get(2, "product"), get(2, "rclone")
-    if p or r:
+    if p and r:
         size = scs[2].total_bytes / MiB
-        if p and r and p.median and r.median:
-            ok = size / p.median >= size / r.median
-            detail = f"product {size / p.median:.0f} MiB/s vs rclone (8 streams) {size / r.median:.0f} MiB/s"
-        else:
-            ok, detail = False, "not measured"
-        out.append(("Scenario 2: product throughput ≥ rclone multi-thread (8 streams)", ok, detail))
-    p = get(3, "product")
+        out.append(("P2 scenario 2, one large object: wall ≤ 1.0 × rclone with 8 streams", p.median <= r.median,
+                    f"{p.median:.2f}s / {r.median:.2f}s = {p.median / r.median:.2f} "
+                    f"({size / p.median:.0f} vs {size / r.median:.0f} MiB/s)"))
+    p, r = get(3, "product"), get(3, "rclone")
+    if p and r:
+        out.append(("P3 scenario 3, 100,000 tiny objects: wall ≤ 1.0 × rclone", p.median <= r.median,
+                    f"{p.median:.2f}s / {r.median:.2f}s = {p.median / r.median:.2f}"))
     if p:
-        ok = p.peak_mb is not None and p.peak_mb <= 300
-        out.append(("Scenario 3: product peak RSS ≤ 300 MB", ok,
-                    f"{p.peak_mb:.0f} MB" if p.peak_mb is not None else "not measured"))
-    e, p = get(4, "product-ephemeral"), get(4, "product")
-    if e or p:
-        parts = []
-        for name, row in (("temporary server", e), ("running server", p)):
-            if row and row.median is not None:
-                parts.append(f"{name} {row.median:.2f}s / {row.peak_mb:.0f} MB")
-        out.append(("Scenario 4: product on an empty prefix reported (temporary vs running Prefect server)",
-                    bool(e and p and e.median is not None and p.median is not None), "; ".join(parts) or "not measured"))
+        out.append(("P3 scenario 3: peak RSS ≤ 200 MB", p.peak_mb <= 200, f"{p.peak_mb:.0f} MB"))
+    for tool, limit, what in (("product", 2.0, "running Prefect server"), ("product-noprefect", 0.5, "--no-prefect"),
+                              ("product-exe", 0.5, "the executable")):
+        p = get(4, tool)
+        if p:
+            out.append((f"P4 empty prefix, {what}: ≤ {limit:g} s", p.median <= limit, f"{p.median:.2f}s"))
+    e = get(4, "product-ephemeral")
+    if e:
+        out.append(("P4 empty prefix, temporary Prefect server: reported", None, f"{e.median:.2f}s, {e.peak_mb:.0f} MB"))
+    for number in sorted(scs):
+        for s3_tool, oss_tool in (("product", "product-oss"), ("product-noprefect", "product-oss-noprefect")):
+            a, b = get(number, s3_tool), get(number, oss_tool)
+            if a and b:
+                out.append((f"OSS scenario {number}: {oss_tool} / {s3_tool} CPU ≤ 1.2 (wall reported: the "
+                            "OSS-protocol server is Python)", b.cpu <= 1.2 * max(a.cpu, 0.01),
+                            f"CPU {b.cpu:.2f}s / {a.cpu:.2f}s = {b.cpu / max(a.cpu, 0.01):.2f}; "
+                            f"wall {b.median:.2f}s / {a.median:.2f}s = {b.median / a.median:.2f}"))
     return out
 
 
 def table(rows: list[Row], scs: dict[int, Scenario]) -> list[str]:
-    lines = ["| scenario | tool | setting | median s | min s | peak RSS MB | × rclone | ok runs | notes |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| scenario | tool | setting | median s | min s | × rclone | CPU s | CPU × rclone | peak RSS MB | ok runs "
+             "| notes |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         def f(x, fmt):
             return format(x, fmt) if x is not None else "—"
@@ -361,9 +398,13 @@ def table(rows: list[Row], scs: dict[int, Scenario]) -> list[str]:
             extra = f"{scs[2].total_bytes / MiB / r.median:.0f} MiB/s"
         notes = "; ".join(([extra] if extra else []) + r.notes)
         lines.append(f"| {r.scenario}: {scs[r.scenario].title} | {r.tool} | {r.value if r.value else ''} | "
-                     f"{f(r.median, '.2f')} | {f(r.minimum, '.2f')} | {f(r.peak_mb, '.0f')} | {f(r.ratio, '.2f')} | "
-                     f"{r.ok_runs}/{r.runs} | {notes} |")
+                     f"{f(r.median, '.2f')} | {f(r.minimum, '.2f')} | {f(r.ratio, '.2f')} | {f(r.cpu, '.2f')} | "
+                     f"{f(r.cpu_ratio, '.2f')} | {f(r.peak_mb, '.0f')} | {r.ok_runs}/{r.runs} | {notes} |")
     return lines
+
+
+def _mark(ok: bool | None) -> str:
+    return "·" if ok is None else "✅" if ok else "❌"
 
 
 def versions(bins: dict[str, str], weed: str) -> dict[str, str]:
@@ -399,7 +440,7 @@ def write_markdown(path: Path, info: dict, rows: list[Row], scs: dict[int, Scena
              "- every run's download folder is counted: file count and total bytes must match the scenario",
              "", "## Results", "", *table(rows, scs), "", "## Targets", ""]
     for name, ok, detail in tgts:
-        lines.append(f"- {'✅' if ok else '❌'} {name}: {detail}")
+        lines.append(f"- {_mark(ok)} {name}: {detail}")
     lines += ["", "## Command lines", ""]
     for key, cmd in commands.items():
         lines += [f"- {key}:", f"  `{cmd}`"]
@@ -491,12 +532,19 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", type=Path, default=HERE / ".data",
                    help="SeaweedFS data (kept: seeding is skipped next time) and the product's Prefect home")
     p.add_argument("--work-dir", type=Path, default=HERE / "out", help="download folders and logs")
+    p.add_argument("--variants", default="",
+                   help="the product's variants to run (default all of each scenario's: " + "; ".join(
+                       f"{n}: {','.join(v)}" for n, v in VARIANTS.items()) + ")")
     p.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                    help="py-spy profile of the product on scenario 1 (auto: when it misses a target)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.scenario_list = sorted({int(x) for x in args.scenarios.split(",") if x.strip()})
     args.tool_list = [t.strip() for t in args.tools.split(",") if t.strip()]
+    args.variant_list = [t.strip() for t in args.variants.split(",") if t.strip()]
+    known = {v for vs in VARIANTS.values() for v in vs}
+    if bad_variants := [v for v in args.variant_list if v not in known]:
+        p.error(f"unknown variant(s): {', '.join(bad_variants)}")
     bad = [t for t in args.tool_list if t not in ALL_TOOLS] + [str(s) for s in args.scenario_list if s not in (1, 2, 3, 4)]
     if bad:
         p.error(f"unknown: {', '.join(bad)}")
@@ -529,6 +577,14 @@ def main(argv=None) -> int:
     runs: list[Run] = []
     commands: dict[str, str] = {}
     weed = Weed(args.data_dir / "weed")
+    variants = {n: [v for v in VARIANTS[n] if (not args.variant_list or v in args.variant_list)
+                    and (v != "product-exe" or EXECUTABLE.exists())] if "product" in args.tool_list else []
+                for n in chosen}
+    if "product" in args.tool_list and not EXECUTABLE.exists() and 4 in chosen:
+        notes.append(f"product-exe: {EXECUTABLE.relative_to(ROOT)} is not built (make dist): not measured")
+    oss = None
+    if any("oss" in v for vs in variants.values() for v in vs):
+        oss = OssProcess(product_python, list(chosen), args.objects, args.big_mb, work / "logs" / "oss-server.log")
     server = PrefectServer(Path(tempfile.mkdtemp(prefix="bench-prefect-")))
     info["versions"] = versions(bins, weed.weed)
     info["prefect_mode"] = ("a running `prefect server start` on loopback (PREFECT_API_URL set) for every scenario; "
@@ -556,6 +612,10 @@ def main(argv=None) -> int:
         log("seeding …")
         for sc in chosen.values():
             seed(weed.endpoint, sc, log=log)
+        if oss:
+            log("starting the OSS-protocol server (objects in memory) …")
+            ctx.oss_endpoint = oss.start().endpoint
+            log(f"  OSS at {ctx.oss_endpoint}")
         if "product" in tools:
             log("starting a Prefect server …")
             server.start()
@@ -575,7 +635,7 @@ def main(argv=None) -> int:
 
         aws_dropped: set[int] = set()
         for sc in chosen.values():
-            lineup = (["product-ephemeral"] if sc.number == 4 and "product" in tools else []) + tools
+            lineup = variants[sc.number] + [t for t in tools if t != "product"]
             order += [t for t in lineup if t not in order]
             log(f"scenario {sc.number}: {sc.title} ({sc.prefix}), {args.rounds} round(s)")
             if "product-ephemeral" in lineup:  # applies the temporary server's database migrations once
@@ -596,9 +656,9 @@ def main(argv=None) -> int:
             write_partial([n for n in chosen if n <= sc.number])
         rows = summarize(runs, order)
         tgts = targets(rows, scs)
-        missed = [name for name, ok, _ in tgts if ok is False and name.startswith("Scenario 1")]
+        missed = [name for name, ok, _ in tgts if ok is False and name.startswith("P1")]
         want_profile = args.profile == "always" or (args.profile == "auto" and any(
-            ok is False for name, ok, _ in tgts if not name.startswith("Scenario 4")) and not args.quick)
+            ok is False for name, ok, _ in tgts if not name.startswith("P4")) and not args.quick)
         if want_profile and "py-spy" in bins and 1 in chosen and "product" in tools:
             log("profiling the product on scenario 1 with py-spy …")
             profile = profile_product(chosen[1], ctx, bins["py-spy"])
@@ -610,6 +670,8 @@ def main(argv=None) -> int:
     finally:
         server.stop()
         weed.stop()
+        if oss:
+            oss.stop()
     if interrupted and not runs:
         return 130
     info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -623,7 +685,7 @@ def main(argv=None) -> int:
         log(line)
     log("")
     for name, ok, detail in tgts:
-        log(f"{'✅' if ok else '❌'} {name}: {detail}")
+        log(f"{_mark(ok)} {name}: {detail}")
     write_markdown(args.output_md, info, rows, scs, tgts, commands, notes, profile)
     (work / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
     log(f"\nwrote {args.output_md} (runs in {work / 'runs.json'}, logs in {work / 'logs'})")

@@ -7,8 +7,8 @@ import errno
 import json
 import re
 import socket
+import sys
 
-import aiohttp
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
@@ -107,13 +107,17 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
         return store
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, socket.timeout)):
         return DownloadError("timeout", retryable=True)
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    aiohttp = sys.modules.get("aiohttp")  # not imported: not one of its errors (imported when first used)
+    if aiohttp is None:
+        if isinstance(exc, ConnectionResetError):
+            return DownloadError("connection reset", retryable=True)
+    elif isinstance(exc, aiohttp.ClientPayloadError):
         return DownloadError("truncated body: connection closed before the whole object arrived", retryable=True)
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+    elif isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
         return DownloadError("connection reset", retryable=True)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    elif isinstance(exc, aiohttp.ClientConnectorError):
         return DownloadError(f"cannot connect: {exc.os_error.strerror or exc.os_error}", retryable=True)
-    if isinstance(exc, aiohttp.ClientError):
+    elif isinstance(exc, aiohttp.ClientError):
         return DownloadError(f"connection error: {type(exc).__name__}", retryable=True)
     if isinstance(exc, OSError):
         return _local_error(exc, folder)

@@ -276,7 +276,11 @@ def prefect_available() -> bool:
 
 
 def _run(given: dict, yes: bool, terminal: bool, session: Session, prefect: bool) -> int:
-    params, source = _params_checked(given, terminal, session)
+    params, source, listed = _params_checked(given, terminal, session)
+    if listed is False:
+        # An empty prefix: the summary, the warning (or exit 3) and the work area's upkeep come from the core
+        # in a fraction of a second; a flow run would add Prefect's start-up (seconds) for nothing.
+        prefect = False
     if not params.dry_run:
         from core.paths import prepare_output
         prepare_output(params.output)
@@ -346,13 +350,14 @@ def _params_checked(given: dict, terminal: bool, session: Session):
     from tasks.runs import source_of
     asking = terminal and "bucket" not in given
     values = _terminal().ask(given) if asking else given
+    listed = None
     while True:
         params = params_from_values(values)
         if terminal:
             _terminal().ask_credentials(params.backend)
         try:
             source = source_of(params.job("preflight"))
-            source.check()
+            listed = source.check()
             break
         except UsageError as exc:
             if not asking:
@@ -360,7 +365,7 @@ def _params_checked(given: dict, terminal: bool, session: Session):
             values = _terminal().ask(given, reason=str(exc))
     if asking:
         session.started = time.monotonic()
-    return params, source
+    return params, source, listed
 
 
 def _report(result, params, session: Session, display) -> int:

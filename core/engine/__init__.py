@@ -18,9 +18,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Union
 
-import aiohttp
-from yarl import URL
-
 from core.engine import fetch as _fetch
 from core.engine.commit import GroupCommit
 from core.engine.fetch import Fetched
@@ -31,6 +28,7 @@ from core.model import Settings
 from core.workarea import Output
 
 MiB = 1 << 20
+_URL = None  # yarl.URL, imported with aiohttp
 
 # sign(refresh) -> URL, or (URL, extra headers) for links that need e.g. a bearer token; refresh=True means
 # the previous link was refused as expired. May be async (a Feishu link is asked from the browser plugin).
@@ -56,8 +54,7 @@ class Engine:
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self.low_speed = (low_speed_limit, low_speed_time) if low_speed_limit > 0 and low_speed_time > 0 else None
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None,
-                                              sock_read=read_timeout or None)
+        self._timeouts = (connect_timeout or None, read_timeout or None)
         self.bytes_done = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="transfer-engine", daemon=True)
@@ -65,7 +62,7 @@ class Engine:
         self.committer = GroupCommit(durable=fsync)
         self._slot = _Slot(self)
         self._sem: asyncio.Semaphore
-        self._session: aiohttp.ClientSession
+        self._session = None  # made for the first GET: a run with nothing to fetch never imports aiohttp
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -78,9 +75,20 @@ class Engine:
 
     async def _open_session(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)
+
+    def _new_session(self):
+        # Imported here: aiohttp costs ~0.15 s to import (it builds its TLS contexts then), a third of an
+        # empty run's start-up.
+        import aiohttp
+        from yarl import URL
+        global _URL
+        _URL = URL
+        connect, read = self._timeouts
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                              auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=connect, sock_read=read), auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -98,7 +106,8 @@ class Engine:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        await self._session.close()
+        if self._session is not None:
+            await self._session.close()
 
     def run(self, coro, timeout: float | None = None):
         """Run a coroutine on the engine's loop from any thread and wait for its result.
@@ -142,7 +151,8 @@ class Engine:
                 link = await link
             url, extra = link if type(link) is tuple else (link, None)
             # encoded=True: the signature covers the exact percent-encoding the signer produced.
-            resp = await self._session.get(URL(url, encoded=True), headers={**headers, **extra} if extra else headers)
+            session = self._session or self._new_session()
+            resp = await session.get(_URL(url, encoded=True), headers={**headers, **extra} if extra else headers)
             if resp.status in (200, 206):
                 return resp
             body = await resp.read()

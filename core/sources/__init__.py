@@ -52,8 +52,10 @@ class Source:
 
     ordered = True  # keys come in strictly increasing order (object stores): the listing guard checks it
 
-    def check(self) -> None:
-        """Raise UsageError with one clear line when nothing can be listed (before a run starts)."""
+    def check(self) -> bool | None:
+        """Raise UsageError with one clear line when nothing can be listed (before a run starts). Returns
+        whether anything is listed under the prefix (None: not known)."""
+        return None
 
     def list_page(self, token: str | None) -> Page:
         """One listing page after `token` (None: the first page), one request: failures are raised as they

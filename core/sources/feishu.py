@@ -13,7 +13,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from core.sources import Page, Source
@@ -66,7 +65,7 @@ class FeishuClient:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._rate = RateLimit(requests_per_second) if requests_per_second else None
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout or None)
+        self._timeouts = (connect_timeout, read_timeout or None)
         self._backoff, self._attempts = backoff, attempts
         self._session: aiohttp.ClientSession | None = None
 
@@ -90,7 +89,10 @@ class FeishuClient:
 
     async def _get_once(self, path: str, params: list[tuple[str, str]]) -> dict:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            import aiohttp  # when first used (its import costs ~0.15 s)
+            connect, read = self._timeouts
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=read))
         if self._rate:
             await self._rate.wait()
         async with self._session.get(self.base_url + path, params=params,

@@ -69,11 +69,12 @@ class OssSource(Source):
             return RuntimeError(f"listing {where} failed: HTTP {exc.status} {exc.code}")
         return exc
 
-    def check(self) -> None:
+    def check(self) -> bool:
         try:
             for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
                 with attempt:
-                    self.list_page(None, limit=1)
+                    page = self.list_page(None, limit=1)
+            return bool(page.objects or page.truncated)
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
 

@@ -110,11 +110,12 @@ class S3Source(Source):
         self.sign = SigV4Signer(self._credentials, region, URL_TTL)
 
     # -- listing ---------------------------------------------------------------------------------------
-    def check(self) -> None:
+    def check(self) -> bool:
         try:
             for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
                 with attempt:
-                    self.list_page(None, limit=1)
+                    page = self.list_page(None, limit=1)
+            return bool(page.objects or page.truncated)
         except Exception as exc:  # noqa: BLE001 - translated into one clear line
             raise self._explain(exc) from None
 
