@@ -8,7 +8,7 @@ downloaded files are counted. Results go to the terminal and to bench/RESULTS.md
 
 The product runs in several variants: against a running Prefect server (`product`), with `--no-prefect`,
 with the temporary server it starts itself (`product-ephemeral`, empty prefix), as the executable
-(`product-exe`, when dist/oss-download is built) and with `--backend oss` against the OSS-protocol server
+(`product-exe`, when dist/oss-download is built), with `--fsync` (`product-fsync`) and with `--backend oss` against the OSS-protocol server
 (`product-oss…`).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ AWS_CONCURRENCY = 32
 OSS_ACCESS_KEY, OSS_SECRET_KEY = "oss-test-key-id", "oss-test-key-secret"  # infra/oss_server.py's
 EXECUTABLE = ROOT / "dist" / "oss-download"
 # The product's variants per scenario: Prefect's cost shows beside the core's; OSS beside S3.
-VARIANTS = {1: ["product", "product-noprefect", "product-oss"],
+VARIANTS = {1: ["product", "product-noprefect", "product-fsync", "product-oss"],
             2: ["product", "product-oss"],
             3: ["product", "product-oss"],
             4: ["product", "product-noprefect", "product-exe", "product-ephemeral", "product-oss",
@@ -176,6 +176,8 @@ def command(tool: str, sc: Scenario, dest: Path, ctx: Context, value: int | None
                "--bucket", BUCKET, "--prefix", sc.prefix, "--output", str(dest), "--concurrency", str(n), "--yes"]
         if "noprefect" in variant:
             cmd.append("--no-prefect")
+        if "fsync" in variant:
+            cmd.append("--fsync")
         env.update(OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY, OSS_ACCESS_KEY_SECRET=OSS_SECRET_KEY)
         if "ephemeral" in variant:
             env["PREFECT_HOME"] = str(ctx.ephemeral_home)
