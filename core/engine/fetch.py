@@ -6,7 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from core.engine.commit import Finished, pwrite_all
+from core.engine.commit import Finished, pwrite_all, start_writeback
 from core.engine.limits import Pace
 from core.engine.verify import (bare_etag, content_range, hash_fd, integrity_check, modified_ns, validator,
                                 verify)
@@ -15,6 +15,7 @@ from core.model import UNKNOWN_SIZE
 from core.workarea import Output
 
 CHUNK = 256 * 1024
+WRITEBACK_EVERY = 8 * 1024 * 1024  # a large body's finished stretches go to disk as it downloads
 SMALL_BODY = 256 * 1024  # bodies up to this size are read into memory and written by the committer
 
 
@@ -120,10 +121,13 @@ async def stream_to(engine, resp, fd: int, offset: int, check, on_bytes) -> int:
     if offset and check:
         await engine.in_files(hash_fd, fd, check[0], offset)
     pace = Pace(*engine.low_speed) if engine.low_speed else None
-    written, pos = 0, offset
+    written, pos, flushed = 0, offset, offset
     async for chunk in resp.content.iter_chunked(CHUNK):
         pwrite_all(fd, chunk, pos)
         pos += len(chunk)
+        if pos - flushed >= WRITEBACK_EVERY:
+            start_writeback(fd, flushed, pos - flushed)
+            flushed = pos
         if check:
             check[0].update(chunk)
         written += len(chunk)
@@ -198,6 +202,7 @@ async def fetch_range(engine, sign, fd: int, start: int, end: int, size: int, et
                     pace.check(pos - start)
             if pos != end + 1:
                 raise IntegrityError(f"size mismatch: part got {pos - start} of {end + 1 - start} bytes")
+            start_writeback(fd, start, end + 1 - start)
         finally:
             resp.release()
 
