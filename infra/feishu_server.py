@@ -117,6 +117,7 @@ class FeishuServer:
         self._secret = secrets.token_bytes(16)
         self._issued: dict[str, set[str]] = {}    # file_token -> expiry stamps of the links handed out
         self._revoked: set[tuple[str, str]] = set()
+        self._expire_next: dict[str, int] = {}
         self._apps: dict[str, dict[str, _Table]] = {}
         self._files: dict[str, _File] = {}
         self._file_app: dict[str, str] = {}          # file_token -> app_token (learned in add_record)
@@ -230,6 +231,12 @@ class FeishuServer:
         """Every link handed out so far for this file is refused from now on, as an expired one is."""
         with self._lock:
             self._revoked.update((file_token, stamp) for stamp in self._issued.get(file_token, ()))
+
+    def expire_links(self, file_token: str, times: int = 1) -> None:
+        """The next `times` links handed out for this file have expired by the time they are used (their
+        expiry is in the past): a refresh is certain, whatever the timing."""
+        with self._lock:
+            self._expire_next[file_token] = self._expire_next.get(file_token, 0) + times
 
     def deny_file(self, file_token: str) -> None:
         with self._lock:
@@ -430,9 +437,14 @@ class FeishuServer:
             for tok in known:
                 self._issued.setdefault(tok, set()).add(expires)
         for tok in known:
+            stamp = expires
+            with self._lock:
+                if self._expire_next.get(tok):
+                    self._expire_next[tok] -= 1
+                    stamp = f"{time.time() - 1:.3f}"
             urls.append({"file_token": tok,
-                         "tmp_download_url": f"{self.base_url}/download/{tok}?expires={expires}"
-                                             f"&sig={self._sign(tok, expires)}"})
+                         "tmp_download_url": f"{self.base_url}/download/{tok}?expires={stamp}"
+                                             f"&sig={self._sign(tok, stamp)}"})
         return _json(CODE_OK, "success", {"tmp_download_urls": urls})
 
     async def _media_download(self, request: web.Request) -> web.StreamResponse:

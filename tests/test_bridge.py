@@ -189,18 +189,18 @@ def test_downloads_overlap_whatever_concurrency_the_plugin_asks_for(mode, tmp_pa
 # -- token mode ----------------------------------------------------------------------------------------------
 def test_token_mode_the_plugin_closes_at_once_and_the_service_finishes_alone(tmp_path, start_service, caplog):
     caplog.set_level(logging.INFO, logger="feishu-bridge")
-    with FeishuServer(link_ttl=0.4, rate_per_second=10) as fs:
+    with FeishuServer(rate_per_second=10) as fs:
         fs.add_table("app", "tbl", ATTACHMENT)
         cells = cells_of(fs, "app", "tbl", [(f"t{i}.bin", content(f"t{i}"), "附件") for i in range(9)])
         fs.delete_file(cells[7]["token"])
         fs.deny_file(cells[2]["token"])            # refused batches of five are split: its neighbours live
-        for cell in cells[:2]:                     # slow first files: links fetched with theirs expire meanwhile
-            fs.add_fault(cell["token"], "delay", seconds=0.5)
+        for cell in (cells[0], cells[5]):          # links that expired before they were used: asked again
+            fs.expire_links(cell["token"])
         svc = start_service(personal_base_token=GOOD_TOKEN, feishu_base_url=fs.base_url, api_requests_per_second=10)
         plugin = PublishedPlugin(svc.port, fs)
         run(plugin.download_token_mode(cells, "app", "tbl", zip_name="打包", batch_size=4))
         job = wait_until(lambda: svc.jobs and svc.jobs[-1].finished and svc.jobs[-1])
-        assert fs.counters["expired_hits"] > 0                             # short-lived links were refreshed
+        assert fs.counters["expired_hits"] == 2                            # both expired links were refreshed
         assert fs.auth_headers_seen and all(h == f"Bearer {GOOD_TOKEN}" for h in fs.auth_headers_seen)
         assert [t for t in fs.tmp_url_tokens if t == cells[2]["token"]]
         assert fs.tmp_url_tokens.count(cells[2]["token"]) >= 2             # in a batch, then alone
