@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Most of the suite waits (servers, worker polls, subprocesses), so it runs in TEST_WORKERS processes (pytest-xdist),
-# each with its own session servers. Each file runs whole in one of them, longest first (tests/conftest.py):
-# module fixtures such as test_prefect_ops.py's server and workers start once. TEST_WORKERS=0: all in one process.
-TEST_WORKERS ?= 4
+# more than the 2 cores, each with its own session servers. Each file runs whole in one of them, longest first
+# (tests/conftest.py): module fixtures such as test_prefect_ops.py's server and workers start once.
+# TEST_WORKERS=0: everything in one process.
+TEST_WORKERS ?= 6
 
 test: venv
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
