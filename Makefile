@@ -13,8 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Most of the suite waits (servers, worker polls, subprocesses), so it runs in TEST_WORKERS processes (pytest-xdist),
+# more than the 2 cores, each with its own session servers. Each file runs whole in one of them, longest first
+# (tests/conftest.py): module fixtures such as test_prefect_ops.py's server and workers start once.
+# TEST_WORKERS=0: everything in one process.
+TEST_WORKERS ?= 6
+
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The standalone executables, without Prefect: dist/oss-download and dist/feishu-desktop (work files in build/).
 # packaging/executables.spec says what goes in; tests/test_dist.py runs them from a clean environment.

@@ -7,7 +7,6 @@ import time
 from collections import deque
 
 from prefect import get_run_logger
-from prefect.futures import wait
 
 from core import listing
 from core.errors import ListingError
@@ -24,11 +23,12 @@ MAX_PENDING = 2 * BATCH_WORKERS  # batches listed ahead of the downloads: memory
 
 def _settle(pending: deque, keep: int, counts: Counts, progress: Progress) -> None:
     """Wait until at most `keep` tasks are pending, adding what finished ones counted (a task that ended
-    Failed — objects failed — still carries its counts)."""
+    Failed — objects failed — still carries its counts). Finished means finished in this process: the API learns
+    of task runs from events, which can come late or never, and a flow that waited for its copy hung forever."""
     while len(pending) > keep:
-        wait([pending[0]], timeout=0.1)
+        pending[0].wait(0.1)
         progress.tick()
-        while pending and pending[0].state.is_final():
+        while pending and pending[0].wrapped_future.done():
             # The future's own result: the API's copy of a Failed state does not carry the counts.
             result = pending.popleft().result(raise_on_failure=False)
             if isinstance(result, BaseException):

@@ -180,3 +180,18 @@ def flow_run_states(output: Path) -> list[str]:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(limit=200)
     return [run.state.type.value for run in runs if run.parameters.get("params", {}).get("output") == str(output)]
+
+
+# Under pytest-xdist (make test: --dist loadfile --no-loadscope-reorder) each file runs whole in one worker, in
+# the order collected, and a worker near the end of its file is already given the next one. So the files that take
+# longest (--durations: their own servers and workers, real waits) go first, the test_prefect_ops pair ahead of
+# all, then the middling ones, so that what queues behind the pair is short. Only the order changes.
+LONG_FIRST = ["tests/test_prefect_ops.py", "tests/test_prefect_scheduling.py", "tests/test_download.py",
+              "tests/test_prefect_postgres.py", "tests/test_bench_smoke.py", "tests/test_feishu.py",
+              "tests/test_bridge.py", "tests/test_desktop.py", "tests/test_integrity.py", "tests/test_terminal.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: every worker sorts its collection the same way
+        rank = {path: i for i, path in enumerate(LONG_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FIRST)))

@@ -39,17 +39,29 @@ def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
+    """Each process group in turn, the last started first: workers stop while their server still answers (a worker
+    told to stop reports to it, and one whose server was gone lingered). SIGTERM, then SIGKILL for whatever of the
+    group is left after 30 s: `make` exits at once, so the whole group is waited for, not only `make`."""
     for proc in reversed(procs):
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + 30
+        while _group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(proc):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the group's leader once it has exited, or it counts as alive
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def wait_healthy(api: str, log: Path, timeout: float = 180) -> None:

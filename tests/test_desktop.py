@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -35,19 +36,18 @@ needs_display = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is
 
 # -- the X display ------------------------------------------------------------------------------------
 def start_xvfb() -> tuple[subprocess.Popen, str]:
-    for n in range(90, 200):
-        if Path(f"/tmp/.X{n}-lock").exists() or Path(f"/tmp/.X11-unix/X{n}").exists():
-            continue
-        proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            if Path(f"/tmp/.X11-unix/X{n}").exists():
-                time.sleep(0.2)
-                return proc, f":{n}"
-            time.sleep(0.05)
+    """Xvfb on a display number it picks itself (-displayfd): no race with another test process, or a person,
+    starting an X server at the same moment. It writes the number once it accepts connections."""
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write,))
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip() if select.select([pipe], [], [], 10)[0] else ""
+    if not number.isdigit():
         stop_process(proc)
-    pytest.fail("could not start Xvfb on any display :90-:199")
+        pytest.fail("Xvfb did not start: no display number on -displayfd within 10 s")
+    return proc, f":{number}"
 
 
 def stop_process(proc: subprocess.Popen | None) -> None:

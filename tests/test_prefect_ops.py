@@ -1,23 +1,24 @@
 """Prefect operations the README's way, on a real server: `make server` on a free port, `make deploy` from
-prefect.yaml, two `make worker`s, schedules that fire, runs with failed objects ending Failed and alerting a
-webhook, the failure CSV linked from the UI, shards spread over workers, refused parameters, and the flow-run
-page in Chromium. Every test makes its own objects and runs; none relies on another's."""
+prefect.yaml, two `make worker`s, runs with failed objects ending Failed and alerting a webhook, the failure CSV
+linked from the UI, one run of a deployment at a time, shards that cannot start, credentials blocks, and the
+flow-run page in Chromium. Schedules, sharded runs and refused parameters are in test_prefect_scheduling.py, on a
+server of their own (`ops` is per module), so that pytest-xdist runs the two files side by side. Every test makes
+its own objects and runs; none relies on another's."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import sys
 import urllib.request
 import uuid
-from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 
 from tests.conftest import ROOT
 from tests.prefect_ops import (MAKE, Receiver, artifacts_of, clean_env, client_for, free_port, logs_of, run, start,
-                               server_errors, start_workers, stop, wait_final, wait_for, wait_healthy)
+                               start_workers, stop, wait_final, wait_for, wait_healthy)
 from tests.test_download import body, local_files, put, read_csv
 
 SECRET = "Sup3r-Secret-Value-9f2c"
@@ -26,8 +27,8 @@ DEPLOYMENTS = {"object-download/s3-download", "object-download/oss-nightly-mirro
                "sharded-download/sharded", "feishu-attachments/feishu-attachments"}
 
 
-@pytest.fixture(scope="module")
-def ops(tmp_path_factory, s3):
+@contextlib.contextmanager
+def ops_server(tmp_path_factory, s3):
     """`make server` on a free port, `make deploy` with credentials, an alert webhook and a reports bucket in the
     environment, and two `make worker`s (without store credentials of their own: runs use the blocks)."""
     home = tmp_path_factory.mktemp("prefect-home")
@@ -59,6 +60,12 @@ def ops(tmp_path_factory, s3):
     finally:
         stop(procs)
         receiver.close()
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory, s3):
+    with ops_server(tmp_path_factory, s3) as found:
+        yield found
 
 
 def everything_recorded(client, run_ids, ops) -> str:
@@ -146,74 +153,6 @@ def test_make_server_and_make_deploy(ops):
             "s3-bucket/download-reports"} <= blocks
 
 
-def test_shipped_schedule_resumed_creates_runs_without_server_errors(ops):
-    deployment = "object-download/s3-download"
-    with client_for(ops["api"]) as client:
-        assert runs_of(client, deployment) == []  # shipped paused: nothing mirrors the placeholder bucket
-        (schedule_id,) = schedule_ids(ops, deployment)
-        schedule(ops, "resume", deployment, schedule_id)
-        try:
-            created = wait_for("the scheduler to create runs", lambda: runs_of(client, deployment), timeout=60)
-            shanghai = [r.expected_start_time.astimezone(ZoneInfo("Asia/Shanghai")) for r in created]
-            assert all(r.auto_scheduled and r.state.is_scheduled() for r in created)
-            assert all((t.hour, t.minute) == (2, 0) for t in shanghai), shanghai
-            print(f"scheduler: {len(created)} runs of the nightly cron created")
-        finally:
-            schedule(ops, "pause", deployment, schedule_id)
-        wait_for("pausing to remove the scheduled runs", lambda: not runs_of(client, deployment), timeout=30)
-    server_log = (ops["logs"] / "server.log").read_text(errors="replace")
-    assert "Can't evaluate bulk DML" not in server_log and not server_errors(server_log), server_errors(server_log)
-
-
-def test_a_scheduled_run_executes_on_a_worker(ops, s3, bucket, tmp_path):
-    """The s3-download entry of prefect.yaml, its parameters set (the README's first step) and its schedule
-    every 10 s instead of nightly, deployed with `make deploy PREFECT_FILE=...` and resumed the README's way."""
-    keys = [f"sched/{i}.bin" for i in range(5)]
-    for key in keys:
-        put(s3, bucket, key, body(key, 2000))
-    out = tmp_path / "scheduled"
-    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (entry,) = [d for d in config["deployments"] if d["name"] == "s3-download"]
-    entry.update(name="scheduled-e2e", parameters={"params": store_params(s3, bucket, "sched/", out)},
-                 schedules=[{"interval": 10, "active": False}])
-    config["deployments"] = [entry]
-    copy = tmp_path / "prefect.yaml"
-    copy.write_text(yaml.safe_dump(config))
-    deploy = run(MAKE + ["deploy", f"PREFECT_PORT={ops['port']}", f"PREFECT_FILE={copy}"], ops["deploy_env"])
-    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    deployment = "object-download/scheduled-e2e"
-    (schedule_id,) = schedule_ids(ops, deployment)
-    schedule(ops, "resume", deployment, schedule_id)
-    try:
-        with client_for(ops["api"]) as client:
-            done = wait_for("a scheduled run to finish", lambda: [
-                r for r in runs_of(client, deployment) if r.state.is_final()], timeout=240, every=1)
-    finally:
-        schedule(ops, "pause", deployment, schedule_id)
-    assert done[0].auto_scheduled and done[0].state.is_completed(), done[0].state
-    assert local_files(out) == {k[len("sched/"):]: body(k, 2000) for k in keys}
-
-
-def test_partial_params_keep_the_deployments_other_values(ops, s3, bucket, tmp_path):
-    """Only some fields of `params` (as from `prefect deployment run --params` or the API): the deployment's
-    credentials_block and concurrency stay. The workers have no store credentials of their own."""
-    keys = [f"partial/{i}.txt" for i in range(3)]
-    for key in keys:
-        put(s3, bucket, key, body(key, 500))
-    out = tmp_path / "partial"
-    params = {"endpoint": s3.endpoint, "bucket": bucket, "prefix": "partial/", "output": str(out)}
-    started = start_run(ops, "object-download/s3-download", {"params": params})
-    with client_for(ops["api"]) as client:
-        done = wait_final(client, started.id)
-        assert done.state.is_completed(), done.state
-        assert done.parameters == {"params": params}
-        kept = wait_for("the run's log line", lambda: [
-            m for m in logs_of(client, done.id) if "the deployment's values kept" in m], timeout=30)
-        assert "concurrency" in kept[0] and "credentials_block" in kept[0], kept
-        assert SECRET not in everything_recorded(client, [done.id], ops)
-    assert local_files(out) == {k[len("partial/"):]: body(k, 500) for k in keys}
-
-
 def test_failed_objects_end_failed_alert_and_link_the_csv(ops, s3, bucket, tmp_path):
     keys = [f"nightly/{i:02d}.bin" for i in range(12)]
     for key in keys:
@@ -293,37 +232,6 @@ def test_runs_of_one_deployment_never_overlap(ops, s3, bucket, tmp_path):
     assert any(waited), "neither run waited for the deployment's concurrency slot"
 
 
-def test_sharded_deployment_spreads_shards_over_two_workers(ops, s3, bucket, tmp_path):
-    folders = ["a", "b", "c", "d"]
-    keys = [f"big/{f}/{i:02d}.dat" for f in folders for i in range(6)] + ["big/top-level.dat"]
-    for key in keys:
-        put(s3, bucket, key, body(key, 3000))
-        if key == "big/c/02.dat":
-            s3.add_fault(bucket, key, "status", status=404, code="NoSuchKey")
-        else:
-            s3.add_fault(bucket, key, "delay", seconds=0.3)  # shards long enough for both workers to take some
-    out = tmp_path / "sharded"
-    started = start_run(ops, "sharded-download/sharded", {"params": store_params(s3, bucket, "big/", out),
-                                                          "shards": 4, "poll_seconds": 1})
-    with client_for(ops["api"]) as client:
-        done = wait_final(client, started.id, timeout=400)
-        assert done.state.is_failed() and done.state.message.startswith("1 of 25 objects failed"), done.state
-        summary = {r["metric"]: r["value"] for r in artifacts_of(client, done.id)["download-summary"]}
-        assert (summary["listed"], summary["downloaded"], summary["failed"]) == ("25", "24", "1")
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-        shards = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[done.id])))
-    assert sorted(r.name for r in shards) == ["shard-s0", "shard-s1", "shard-s2", "shard-s3"]
-    assert local_files(out) == {k[len("big/"):]: body(k, 3000) for k in keys if k != "big/c/02.dat"}
-    assert read_csv(out) == [["key", "last_error", "retry_count"],
-                             ["big/c/02.dat", "HTTP 404 NoSuchKey: injected fault", "1"]]
-    assert sorted(p.name for p in out.glob(".oss-manifest-s*.sqlite")) == [
-        f".oss-manifest-s{i}.sqlite" for i in range(4)]
-    ran = {name: [str(r.id) for r in shards if str(r.id) in (ops["logs"] / f"{name}.log").read_text()]
-           for name in ("worker-a", "worker-b")}
-    assert ran["worker-a"] and ran["worker-b"], ran
-
-
 def test_shards_that_cannot_start_fail_clearly(ops, s3, bucket, tmp_path):
     """A shard deployment in a pool no worker polls: the parent gives up after start_timeout, cancels the
     waiting shards and says which; a pool whose limit leaves no slot is refused before any shard is created."""
@@ -354,48 +262,6 @@ def test_shards_that_cannot_start_fail_clearly(ops, s3, bucket, tmp_path):
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: work pool {pool!r} runs at most 0 flow run(s) at once: shards could never start; raise it"
         f" (prefect work-pool set-concurrency-limit {pool} N) or clear it")
-
-
-def test_sharded_run_on_a_pool_limited_to_one_run_fails_at_once(ops, s3, bucket, tmp_path):
-    """The parent runs on the pool and takes its only slot: its shards could never start, so it fails at
-    once instead of waiting forever."""
-    from prefect.client.schemas.actions import WorkPoolUpdate
-    put(s3, bucket, "one/a/1", b"x")
-    with client_for(ops["api"]) as client:
-        client.update_work_pool("downloads", WorkPoolUpdate(concurrency_limit=1))
-        try:
-            started = start_run(ops, "sharded-download/sharded", {
-                "params": store_params(s3, bucket, "one/", tmp_path / "one"), "shards": 2})
-            done = wait_final(client, started.id)
-        finally:
-            client.update_work_pool("downloads", WorkPoolUpdate(concurrency_limit=None))
-        assert done.state.is_failed(), done.state
-        assert done.state.message == (
-            "work pool 'downloads' runs at most 1 flow run(s) at once (this sharded run holds one of them): shards"
-            " could never start; raise it (prefect work-pool set-concurrency-limit downloads N) or clear it")
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-        assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[done.id])))
-
-
-def test_bad_parameters_are_refused_naming_the_parameter(ops):
-    prefect = [sys.executable, "-m", "prefect", "deployment", "run"]
-    cases = [
-        (["sharded-download/sharded", "-p", "shards=-3"],
-         "Validation failed for field 'shards'. Failure reason: -3 is less than the minimum of 1"),
-        (["sharded-download/sharded", "--params", '{"poll_seconds": -1}'],
-         "Validation failed for field 'poll_seconds'. Failure reason: -1 is less than the minimum of 0.5"),
-        (["object-download/s3-download", "--params", '{"params": {"bucket": "b", "concurrency": 0}}'],
-         "Validation failed for field 'params.concurrency'. Failure reason: 0 is less than the minimum of 1"),
-    ]
-    with client_for(ops["api"]) as client:
-        before = len(client.read_flow_runs(limit=200))
-        for argv, message in cases:
-            result = run(prefect + argv, ops["env"])
-            assert result.returncode == 1 and message in result.stdout + result.stderr, (argv, result.stdout)
-        assert len(client.read_flow_runs(limit=200)) == before  # refused before any run exists
-    cli = run([sys.executable, "-m", "flows.sharded", "--shards", "-3", "--bucket", "b"], ops["env"])
-    assert cli.returncode == 2 and "argument --shards: invalid int from 1 to 64 value: '-3'" in cli.stderr, cli.stderr
 
 
 def test_credentials_blocks_typed_and_legacy(ops):
