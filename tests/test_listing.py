@@ -107,3 +107,18 @@ def test_error_bodies_of_every_dialect():
     assert str(http_error(400, b'{"code": 1061045, "msg": "download url expired"}')) == \
         "HTTP 400 1061045: download url expired"
     assert str(http_error(502, b"<html>bad gateway</html>")) == "HTTP 502"
+
+
+def test_the_http_clients_errors_are_classified():
+    """aiohttp is imported only for the first GET; once it is, its errors are told apart by the classifier."""
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+    key = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
+    cases = [(aiohttp.ClientPayloadError("cut"), "truncated body"),
+             (aiohttp.ServerDisconnectedError(), "connection reset"),
+             (aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused")),
+              "cannot connect: Connection refused"),
+             (aiohttp.ClientOSError(), "connection error: ClientOSError")]
+    for exc, text in cases:
+        err = as_download_error(exc)
+        assert err.retryable and text in str(err), (exc, err)
