@@ -535,7 +535,7 @@ def parse_args(argv=None):
                    help="SeaweedFS data (kept: seeding is skipped next time) and the product's Prefect home")
     p.add_argument("--work-dir", type=Path, default=HERE / "out", help="download folders and logs")
     p.add_argument("--variants", default="",
-                   help="the product's variants to run (default all of each scenario's: " + "; ".join(
+                   help="the product's variants to run in every scenario chosen (default each scenario's: " + "; ".join(
                        f"{n}: {','.join(v)}" for n, v in VARIANTS.items()) + ")")
     p.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                    help="py-spy profile of the product on scenario 1 (auto: when it misses a target)")
@@ -579,9 +579,11 @@ def main(argv=None) -> int:
     runs: list[Run] = []
     commands: dict[str, str] = {}
     weed = Weed(args.data_dir / "weed")
-    variants = {n: [v for v in VARIANTS[n] if (not args.variant_list or v in args.variant_list)
-                    and (v != "product-exe" or EXECUTABLE.exists())] if "product" in args.tool_list else []
-                for n in chosen}
+    variants = {n: [v for v in (args.variant_list or VARIANTS[n]) if v != "product-exe" or EXECUTABLE.exists()]
+                if "product" in args.tool_list else [] for n in chosen}
+    # A running Prefect server only for flow-run variants (and the tuning runs, which are flow runs).
+    needs_api = ("product" in args.tool_list and not args.no_tune) or any(
+        not {"noprefect", "exe", "ephemeral"} & set(v.split("-")) for vs in variants.values() for v in vs)
     if "product" in args.tool_list and not EXECUTABLE.exists() and 4 in chosen:
         notes.append(f"product-exe: {EXECUTABLE.relative_to(ROOT)} is not built (make dist): not measured")
     oss = None
@@ -618,7 +620,7 @@ def main(argv=None) -> int:
             log("starting the OSS-protocol server (objects in memory) …")
             ctx.oss_endpoint = oss.start().endpoint
             log(f"  OSS at {ctx.oss_endpoint}")
-        if "product" in tools:
+        if needs_api:
             log("starting a Prefect server …")
             server.start()
             ctx.api = server.api
