@@ -16,7 +16,10 @@ import contextlib
 import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, Union
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from core.engine import fetch as _fetch
 from core.engine.commit import GroupCommit

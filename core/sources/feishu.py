@@ -12,6 +12,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -22,6 +23,9 @@ from core.naming import UNCATEGORIZED, AttachmentNaming
 from core.engine import Engine
 from core.engine.limits import RateLimit
 from core.model import UNKNOWN_SIZE
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DOMAINS = {"feishu": "https://base-api.feishu.cn", "lark": "https://base-api.larksuite.com"}
 ATTACHMENT_TYPE = 17
