@@ -392,7 +392,10 @@ def test_origins_feishu_lark_localhost_and_configured_ones_only(start_service, c
 
 # -- the terminal command ----------------------------------------------------------------------------------------
 # The checkout under test, whichever copy of the package is installed; run where no .env is.
-CLI_ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+# Without a Prefect API (a worker that ran a Prefect test has PREFECT_API_URL set): these tests are about the
+# service's own exit; with one, a stop also waits (up to 15 s) for finished jobs' flow runs to be published.
+CLI_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+CLI_ENV.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
 
 
 def start_cli(tmp_path, *args) -> tuple[subprocess.Popen, int]:
