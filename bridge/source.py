@@ -8,7 +8,7 @@ from bridge.links import PluginLinks
 from core.errors import HTTPStatusError
 from core.model import UNKNOWN_SIZE, RemoteObject
 from core.sources import Source
-from core.sources.feishu import Attachment, LinkBroker, link_expired
+from core.sources.feishu import Attachment, LinkBroker, link_expired, link_signer
 
 
 class PluginSource(Source):
@@ -36,12 +36,7 @@ class PluginSource(Source):
             if again:
                 self.plugin_links.forget(req.order)
             return self.plugin_links.signer(req)
-        att, first = _attachment(req), [again]
-
-        def sign(refresh: bool):
-            refresh, first[0] = refresh or first[0], False
-            return self.token_links.link(att, refresh)
-        return sign
+        return link_signer(self.token_links, _attachment(req), again)
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         return link_expired(err)

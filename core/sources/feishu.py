@@ -44,6 +44,17 @@ def link_expired(err: HTTPStatusError) -> bool:
     return err.status in LINK_STATUSES
 
 
+def link_signer(links: LinkBroker, att: Attachment, again: bool):
+    """sign(refresh) for one attachment; a retry (`again`) asks a fresh link at once, its old one may have
+    expired meanwhile."""
+    first = [again]
+
+    def sign(refresh: bool):
+        refresh, first[0] = refresh or first[0], False
+        return links.link(att, refresh)
+    return sign
+
+
 def token_from_env() -> str:
     """PERSONAL_BASE_TOKEN from the environment or ./.env ('' when unset)."""
     from dotenv import load_dotenv
@@ -339,13 +350,7 @@ class BitableSource(Source):
 
     def signer(self, obj: RemoteObject, again: bool = False):
         """`again`: a retry, whose old link may have expired."""
-        att = _attachment(obj)
-        first = [again]
-
-        def sign(refresh: bool):
-            refresh, first[0] = refresh or first[0], False
-            return self.links.link(att, refresh)
-        return sign
+        return link_signer(self.links, _attachment(obj), again)
 
     def link_expired(self, err: HTTPStatusError) -> bool:
         return link_expired(err)
