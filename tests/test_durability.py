@@ -23,7 +23,7 @@ def traced_run(store, bucket, out, tmp_path, *extra) -> list[tuple[str, str]]:
     summary's write marked; the run must succeed."""
     trace = tmp_path / "strace.txt"
     cmd = ["strace", "-f", "-y", "-s", "200", "-o", str(trace),
-           "-e", "trace=syncfs,fsync,fdatasync,sync,rename,renameat,renameat2,write",
+           "-e", "trace=syncfs,fsync,fdatasync,sync,sync_file_range,rename,renameat,renameat2,write",
            sys.executable, "-m", "flows.download", *args(store, bucket, out, "--no-prefect", *extra)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
@@ -84,3 +84,16 @@ def test_fsync_makes_each_group_durable_before_it_is_named(s3, bucket, tmp_path)
     syncs = [i for i, (name, a) in enumerate(calls) if name == "syncfs" and str(out) in a]
     assert len(named) == 40 and syncs and syncs[0] < named[0]
     assert file_syncs(calls, out) == [] or all(any(j < i for j in file_syncs(calls, out)) for i in named)
+
+
+def test_a_large_files_finished_parts_go_to_disk_while_it_downloads(s3, bucket, tmp_path):
+    """Each finished 8 MiB part starts its writeback (sync_file_range) before the file is named, so the one
+    sync before the summary waits for the tail only."""
+    size = 20 * 1024 * 1024  # above the 16 MiB threshold: three ranged parts
+    put_many(s3, bucket, ["data/big.bin"], size=size)
+    out = tmp_path / "out"
+    calls = traced_run(s3, bucket, out, tmp_path)
+    assert (out / "big.bin").stat().st_size == size
+    writebacks = [i for i, (name, a) in enumerate(calls) if name == "sync_file_range" and str(out / ".ossdl") in a]
+    named = installs(calls)
+    assert len(writebacks) == 3 and len(named) == 1 and max(writebacks) < named[0]
