@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
+import os
+import sys
 import threading
 import time
+import tomllib
+from pathlib import Path
 
 from core.model import Counts
 from core.report import Summary
 
-PREFECT = importlib.util.find_spec("prefect") is not None
 _jobs: dict[str, tuple[threading.Event, dict]] = {}
 
-if PREFECT:
+
+def _plugin_job():
     from prefect import flow
-    from prefect.settings import PREFECT_API_URL
 
     @flow(name="feishu-plugin-job", persist_result=False)
     def plugin_job(job_key: str, job_name: str, folder: str, total: int) -> Summary:
@@ -31,6 +34,35 @@ if PREFECT:
         summary = Summary.of(tally, time.monotonic() - started, result.get("failed_csv"))
         publish_summary(summary, result.get("first_rows", []))
         return summary
+    return plugin_job
+
+
+def _may_name_an_api() -> bool:
+    """False only when nothing Prefect reads its settings from can name an API: then the service neither
+    records nor imports Prefect (~1 s of start-up, and its exit hooks on the way out)."""
+    if importlib.util.find_spec("prefect") is None:
+        return False
+    if "prefect" in sys.modules or os.environ.get("PREFECT_API_URL"):
+        return True  # already imported, asking costs nothing (and its settings context may be set in code)
+    if any(Path(name).is_file() for name in (".env", "prefect.toml")):  # Prefect also reads these in the cwd
+        return True
+    if "[tool.prefect" in _text(Path("pyproject.toml")):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles_file = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(_text(profiles_file))
+    except tomllib.TOMLDecodeError:
+        return True  # let Prefect say what it makes of it
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 class JobRecorder:
@@ -38,7 +70,11 @@ class JobRecorder:
 
     def __init__(self):
         self.context = contextvars.copy_context()
-        self.enabled = PREFECT and bool(self.context.run(PREFECT_API_URL.value))
+        self.enabled = False
+        if _may_name_an_api():
+            from prefect.settings import PREFECT_API_URL
+            self.enabled = bool(self.context.run(PREFECT_API_URL.value))
+            self.plugin_job = _plugin_job() if self.enabled else None
         self.threads: list[threading.Thread] = []
 
     def begin(self, job_key: str, job_name: str, folder: str, total: int):
@@ -47,7 +83,7 @@ class JobRecorder:
             return None
         event, result = threading.Event(), {}
         _jobs[job_key] = (event, result)
-        thread = threading.Thread(target=self.context.copy().run, args=(plugin_job,),
+        thread = threading.Thread(target=self.context.copy().run, args=(self.plugin_job,),
                                   kwargs=dict(job_key=job_key, job_name=job_name, folder=folder, total=total),
                                   name=f"prefect-job-{job_key}", daemon=True)
         thread.start()

@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-import bridge.record  # noqa: F401 - imports Prefect, which configures logging: before caplog attaches to it
+import prefect  # noqa: F401 - configures logging when imported (by a Prefect test here): before caplog attaches
 from bridge.service import BridgeService, BridgeSettings
 from infra.feishu_server import GOOD_TOKEN, FeishuServer
 from tests.conftest import ROOT
@@ -488,6 +488,28 @@ def test_cli_exits_2_when_the_port_is_taken(start_service, tmp_path):
 
 
 # -- Prefect ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("profiles, env, expected", [
+    (None, {}, "False False"),  # nothing names an API: Prefect is not even imported
+    ('active = "ephemeral"\n[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n', {}, "False False"),
+    ('active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n', {}, "True True"),
+    ('active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n[profiles.off]\n',
+     {"PREFECT_PROFILE": "off"}, "False False"),
+    (None, {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "True True"),
+])
+def test_jobs_are_recorded_when_the_environment_or_the_active_profile_names_an_api(tmp_path, profiles, env,
+                                                                                    expected):
+    home = tmp_path / "home"
+    home.mkdir()
+    if profiles:
+        (home / "profiles.toml").write_text(profiles)
+    environment = {k: v for k, v in CLI_ENV.items() if not k.startswith("PREFECT_")}
+    environment.update(PREFECT_HOME=str(home), **env)
+    code = "import sys; from bridge.record import JobRecorder; print(JobRecorder().enabled, 'prefect' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.strip() == expected, result.stderr
+
+
 def test_each_job_is_a_prefect_flow_run_with_its_summary(prefect_api, feishu, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
