@@ -193,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --bucket is required", file=sys.stderr)
         return EXIT_USAGE
     session = Session()
-    _on_ctrl_c(session)
+    on_ctrl_c(session)
     return exit_code(lambda: _run(given, yes, terminal, session, prefect),
                      interrupted=lambda: (f"interrupted: finished files are kept; {RESUMES}" if session.downloading
                                           else "interrupted: nothing was downloaded"))
 
 
-def _on_ctrl_c(session: Session) -> None:
+def on_ctrl_c(session: Session) -> None:
     """The first Ctrl-C stops the run in order (KeyboardInterrupt: what finished is recorded, the flow run ends
     Crashed); a second one, while that happens, exits at once."""
     first_at = 0.0
@@ -284,7 +284,7 @@ def _run(given: dict, yes: bool, terminal: bool, session: Session, prefect: bool
     if not params.dry_run:
         from core.paths import prepare_output
         prepare_output(params.output)
-    session.server = _start_temporary_server() if prefect else None
+    session.server = start_temporary_server() if prefect else None
     display = None
     if terminal and not params.dry_run:
         preview = _preview_on_terminal(source, params)
@@ -312,7 +312,7 @@ def _run_flow(params, session: Session, terminal: bool, display):
     """The download as a Prefect flow run (what the command does by default)."""
     from core.errors import ObjectsFailed
     from core.progress import use_display
-    download_objects = _prefect_ready(session.server, terminal)
+    download_objects = prefect_ready(session.server, terminal, "flows.download:download_objects")
     use_display(display)
     try:
         return download_objects(params)
@@ -408,7 +408,7 @@ def _nothing_to_fetch(preview, params) -> int:
     return EXIT_OK
 
 
-def _start_temporary_server():
+def start_temporary_server():
     """Without a Prefect API to report to, start a temporary server now, in a session of its own; it gets
     ready while the command lists and asks. None when PREFECT_API_URL (or the profile) names a server."""
     from prefect.settings import get_current_settings
@@ -423,8 +423,9 @@ def _start_temporary_server():
     return server
 
 
-def _prefect_ready(server, terminal: bool):
-    """The flow, with Prefect quiet on the console and, when needed, the temporary server answering."""
+def prefect_ready(server, terminal: bool, flow: str):
+    """The flow ("module:name"), with Prefect quiet on the console and, when needed, the temporary server
+    answering. Quieted after the flow's import: importing Prefect is what installs its console handlers."""
     message = "starting a temporary Prefect server for this run (PREFECT_API_URL is not set) …"
     if server is not None and terminal:
         with _console().status(message):
@@ -436,9 +437,11 @@ def _prefect_ready(server, terminal: bool):
         from prefect.context import refresh_global_settings_context
         os.environ["PREFECT_API_URL"] = server.api_url
         refresh_global_settings_context()
-    from flows.download import download_objects
+    import importlib
+    module, name = flow.split(":")
+    loaded = getattr(importlib.import_module(module), name)
     _quiet_prefect()
-    return download_objects
+    return loaded
 
 
 class _OtherWarnings(logging.Handler):

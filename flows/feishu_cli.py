@@ -1,12 +1,23 @@
-"""Command line of the Feishu attachment flow: flags → FeishuParams → flow run → exit code (0/1/2/130)."""
+"""Command line of the Feishu attachment flow: flags → FeishuParams → flow run (or, with --no-prefect, the core
+alone) → exit code (0/1/2/130/143). Prefect is started the way the object command starts it: a temporary
+server in a session of its own when no API is configured, so Ctrl-C at a terminal stops the run, not it."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
-from flows.cli import exit_code, print_result, validated
+from flows.cli import (
+    RESUMES,
+    Session,
+    exit_code,
+    on_ctrl_c,
+    prefect_available,
+    prefect_ready,
+    print_result,
+    start_temporary_server,
+    validated,
+)
 
 LISTS = ("attachment_fields", "name_fields", "folder_fields")
 
@@ -37,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-timeout", type=float, help="seconds, 0 = none (default 60)")
     p.add_argument("--dry-run", action="store_true", help="list and preview only")
     p.add_argument("--page-size", type=int, help="records per listing page, 1-500 (default 500)")
+    p.add_argument("--no-prefect", action="store_true",
+                   help="download without Prefect (no flow run, no server): same files, summary, CSV and exit codes")
     return p
 
 
 def params_from_args(values: dict):
-    from flows.feishu import FeishuParams
+    from flows.params import FeishuParams
     for name in LISTS:
         if name in values:
             values[name] = [v.strip() for v in values[name].split(",") if v.strip()]
@@ -62,15 +75,50 @@ def check_source(params) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     values = vars(build_parser().parse_args(argv))
+    prefect = not values.pop("no_prefect", False) and prefect_available()
+    if "token_block" in values and not prefect:
+        print("error: --token-block reads a Prefect Secret block, which needs Prefect (this run has none):"
+              " set PERSONAL_BASE_TOKEN instead", file=sys.stderr)
+        return 2
+    session = Session()
+    on_ctrl_c(session)
 
     def run() -> int:
         params = params_from_args(values)
         check_source(params)
-        logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-        from flows.feishu import download_attachments
+        session.downloading = not params.dry_run
+        if not prefect:
+            return print_result(run_on_the_core(params))
+        session.server = start_temporary_server()
+        download_attachments = prefect_ready(session.server, False, "flows.feishu:download_attachments")
         return print_result(download_attachments(params))
-    return exit_code(run)
+    return exit_code(run, interrupted=lambda: (f"interrupted: finished files are kept; {RESUMES}"
+                                               if session.downloading else "interrupted: nothing was downloaded"))
+
+
+def run_on_the_core(params):
+    """The flow's work without Prefect: the same job, source, runner, report and ZIP."""
+    import uuid
+    from pathlib import Path
+
+    from core import run as core_run
+    from core.paths import prepare_output
+    from core.zipper import zip_folder
+    from tasks.runs import source_of
+    job = params.job(uuid.uuid4().hex, Path(params.output).expanduser().resolve())
+    if params.dry_run:
+        return core_run.preview(job.plan, job.settings, source_of(job))
+    folder = prepare_output(job.plan.output)
+    run = core_run.open_run(job.plan, job.settings, source_of(job))
+    try:
+        summary = run.engine.run(core_run.run_all(run))
+    finally:
+        core_run.close_run(run)
+    if params.zip:
+        summary.zip_file = str(zip_folder(folder, folder.with_name(folder.name + ".zip"), folder.name))
+    return summary
 
 
 if __name__ == "__main__":

@@ -221,6 +221,82 @@ def test_kill_9_mid_run_then_rerun_resumes(feishu, tmp_path, prefect_api):
     assert leftovers(out / "tbl") == []
 
 
+def test_no_prefect_downloads_reports_failures_and_zips_without_any_prefect_api(feishu, tmp_path):
+    fs = feishu
+    fs.add_table("app", "tbl", FIELDS)
+    cells = [fs.add_file(data(f"n{i}"), f"n{i}.bin") for i in range(5)]
+    for i, cell in enumerate(cells):
+        fs.add_record("app", "tbl", f"rec{i}", {"附件": [cell]})
+    fs.deny_file(cells[0]["file_token"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # Any contact with Prefect would fail: its API is a closed port, its home a folder that must stay empty.
+    env.update(PERSONAL_BASE_TOKEN=GOOD_TOKEN, PYTHONPATH=str(ROOT), PREFECT_API_URL="http://127.0.0.1:9/api",
+               PREFECT_HOME=str(tmp_path / "prefect-home"))
+    command = [str(Path(sys.executable).parent / "feishu-download"), "--app-token", "app", "--table-id", "tbl",
+               "--api-base-url", fs.base_url, "--output", str(tmp_path / "out"), "--retry-backoff", "0.05"]
+    result = subprocess.run([*command, "--no-prefect", "--zip"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr[-3000:]
+    job = tmp_path / "out" / "tbl"
+    assert files_under(job) == {f"n{i}.bin": data(f"n{i}") for i in range(1, 5)}
+    assert "downloaded        4" in result.stdout and "failed            1" in result.stdout, result.stdout
+    with open(job / ".oss-failed.csv", newline="", encoding="utf-8") as f:
+        assert [r[3] for r in list(csv.reader(f))[1:]] == ["n0.bin"]
+    with zipfile.ZipFile(tmp_path / "out" / "tbl.zip") as archive:
+        assert sorted(archive.namelist()) == [f"tbl/n{i}.bin" for i in range(1, 5)]
+    assert "Traceback" not in result.stderr and not (tmp_path / "prefect-home").exists()
+
+    block = subprocess.run([*command, "--no-prefect", "--token-block", "feishu"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    lines = block.stderr.strip().splitlines()
+    assert block.returncode == 2 and len(lines) == 1 and "--token-block" in lines[0], block.stderr
+
+
+def test_ctrl_c_on_the_default_path_stops_within_5_s_then_the_core_resumes(feishu, tmp_path):
+    """No PREFECT_API_URL: the temporary Prefect server must survive the Ctrl-C typed at the terminal, so the run
+    stops at once (not after minutes of reporting to a dead API) and is recorded Crashed."""
+    import pexpect
+
+    from tests.test_terminal import PREFECT_NOISE, flow_run_state_in, processes_with
+    fs = feishu
+    fs.add_table("app", "tbl", FIELDS)
+    cells = [fs.add_file(data(f"c{i}", 20_000), f"c{i:02d}.bin") for i in range(30)]
+    for i, cell in enumerate(cells):
+        fs.add_record("app", "tbl", f"rec{i}", {"附件": [cell]})
+        fs.add_fault(cell["file_token"], "delay", seconds=0.3, times=1)
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
+    env.update(PERSONAL_BASE_TOKEN=GOOD_TOKEN, PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), TERM="xterm")
+    out = tmp_path / "out"
+    args = ["--app-token", "app", "--table-id", "tbl", "--api-base-url", fs.base_url, "--output", str(out),
+            "--concurrency", "2"]
+    child = pexpect.spawn(str(Path(sys.executable).parent / "feishu-download"), args, cwd=str(tmp_path), env=env,
+                          encoding="utf-8", timeout=90)
+    child.expect("starting a temporary Prefect server")
+    while len(list((out / "tbl").glob("*.bin"))) < 3:
+        child.expect([pexpect.TIMEOUT], timeout=0.1)
+    child.sendintr()
+    child.expect(pexpect.EOF, timeout=5)  # the 5 s bound
+    child.close()
+    log = child.before
+    assert child.exitstatus == 130, log
+    said = [line for line in log.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "the same command resumes where this run stopped" in said[0], log
+    assert not [noise for noise in PREFECT_NOISE if noise in log], log
+    assert flow_run_state_in(home) == ["CRASHED"]
+    assert not processes_with(f"PREFECT_HOME={home}"), "the temporary server outlived the run"
+    finished = len(list((out / "tbl").glob("*.bin")))
+    assert 3 <= finished < 30
+
+    fs.reset_counters()
+    again = subprocess.run([str(Path(sys.executable).parent / "feishu-download"), *args, "--no-prefect"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert files_under(out / "tbl") == {f"c{i:02d}.bin": data(f"c{i}", 20_000) for i in range(30)}
+    assert fs.counters["media_gets"] <= 30 - finished + 2  # what finished before Ctrl-C is not fetched again
+    assert leftovers(out / "tbl") == []
+
+
 def test_token_from_a_prefect_secret_block(prefect_api):
     from prefect.blocks.system import Secret
 
