@@ -33,19 +33,22 @@ def counts_from_rows(rows: list[dict]) -> Counts:
 
 
 def merge_failed_csvs(output: Path, shards: list[str]) -> tuple[Path | None, list[list]]:
-    """Concatenate the shards' failure CSVs into <output>/.oss-failed.csv (or remove it: no failures)."""
+    """Concatenate the shards' failure CSVs into <output>/.oss-failed.csv (or remove it: no failures).
+    No symbolic link planted in the output is followed: not at the temp name, the shards' CSVs or the result."""
     path, tmp = output / FAILED_CSV_NAME, output / (FAILED_CSV_NAME + ".tmp")
     first: list[list] = []
     count = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as out:
+    tmp.unlink(missing_ok=True)
+    with _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w") as out:
         writer = csv.writer(out)
         writer.writerow(CSV_HEADER)
         for shard in shards:
-            part = output / tool_file(FAILED_CSV_NAME, shard)
-            if not part.exists():
+            try:
+                part = _open_nofollow(output / tool_file(FAILED_CSV_NAME, shard), os.O_RDONLY, "r")
+            except FileNotFoundError:
                 continue
-            with open(part, newline="", encoding="utf-8") as f:
-                for row in list(csv.reader(f))[1:]:
+            with part:
+                for row in list(csv.reader(part))[1:]:
                     writer.writerow(row)
                     if count < TABLE_ROWS:
                         first.append([row[0], row[1], int(row[2])])
@@ -53,8 +56,13 @@ def merge_failed_csvs(output: Path, shards: list[str]) -> tuple[Path | None, lis
         out.flush()
         os.fsync(out.fileno())
     if count:
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # replaces a link at the final name, never writes through it
         return path, first
     tmp.unlink()
     path.unlink(missing_ok=True)
     return None, first
+
+
+def _open_nofollow(path: Path, flags: int, mode: str):
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0), 0o644)
+    return os.fdopen(fd, mode, newline="", encoding="utf-8")

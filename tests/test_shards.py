@@ -126,6 +126,25 @@ def test_the_shards_failure_csvs_are_merged_in_shard_order(tmp_path):
                                                            ".oss-failed.csv"]   # no temp file left
 
 
+def test_the_merge_writes_through_no_symbolic_link_planted_in_the_output(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_text("keep me")
+    (outside / "secret.csv").write_text("key,last_error,retry_count\nsecret,leaked,1\n")
+    (out / ".oss-failed.csv.tmp").symlink_to(outside / "victim")      # the temp name
+    (out / ".oss-failed.csv").symlink_to(outside / "victim")          # the final name
+    (out / ".oss-failed-s1.csv").symlink_to(outside / "secret.csv")   # a shard's CSV
+    write_csv(out / ".oss-failed-s0.csv", [["a/1", "boom", 1]])
+    with pytest.raises(OSError):  # a shard's CSV that is a link is refused, not read
+        merge_failed_csvs(out, ["s0", "s1"])
+    assert (outside / "victim").read_text() == "keep me"
+    (out / ".oss-failed-s1.csv").unlink()
+    path, first = merge_failed_csvs(out, ["s0", "s1"])
+    assert read_csv(path) == [CSV_HEADER, ["a/1", "boom", "1"]] and not path.is_symlink()
+    assert (outside / "victim").read_text() == "keep me"
+
+
 def test_no_failures_in_any_shard_removes_a_stale_merged_csv(tmp_path):
     write_csv(tmp_path / ".oss-failed.csv", [["stale", "from an earlier run", 1]])
     assert merge_failed_csvs(tmp_path, ["s0", "s1"]) == (None, [])
