@@ -50,8 +50,8 @@ OSS_ACCESS_KEY, OSS_SECRET_KEY = "oss-test-key-id", "oss-test-key-secret"  # inf
 EXECUTABLE = ROOT / "dist" / "oss-download"
 # The product's variants per scenario: Prefect's cost shows beside the core's; OSS beside S3.
 VARIANTS = {1: ["product", "product-noprefect", "product-fsync", "product-oss"],
-            2: ["product", "product-oss"],
-            3: ["product", "product-oss"],
+            2: ["product", "product-noprefect", "product-oss"],
+            3: ["product", "product-noprefect", "product-oss"],
             4: ["product", "product-noprefect", "product-exe", "product-ephemeral", "product-oss",
                 "product-oss-noprefect"]}
 
@@ -369,6 +369,12 @@ def targets(rows: list[Row], scs: dict[int, Scenario]) -> list[tuple[str, bool |
                     f"{p.median:.2f}s / {r.median:.2f}s = {p.median / r.median:.2f}"))
     if p:
         out.append(("P3 scenario 3: peak RSS ≤ 200 MB", p.peak_mb <= 200, f"{p.peak_mb:.0f} MB"))
+    for number in (1, 2, 3):  # the core alone, to separate what Prefect adds from what the core costs
+        p, r = get(number, "product-noprefect"), get(number, "rclone")
+        if p and r:
+            out.append((f"scenario {number}, the core (--no-prefect) against rclone: reported", None,
+                        f"wall {p.median:.2f}s / {r.median:.2f}s = {p.median / r.median:.2f}; "
+                        f"CPU {p.cpu:.2f}s / {r.cpu:.2f}s = {p.cpu / r.cpu:.2f}"))
     for tool, limit, what in (("product", 2.0, "running Prefect server"), ("product-noprefect", 0.5, "--no-prefect"),
                               ("product-exe", 0.5, "the executable")):
         p = get(4, tool)
