@@ -162,10 +162,12 @@ class GroupCommit:
 
     GROUP = 256
     GATHER, GATHER_SECONDS = 32, 0.003
+    LOOKS = 30  # ~0.1 s of looking before a committer sleeps until woken
 
     def __init__(self, parallel: int = 2, durable: bool = False):
         self.parallel, self.durable = parallel, durable
         self.queue: collections.deque = collections.deque()
+        self.arrived: list = []  # on the event loop's thread only
         self.cond = threading.Condition()
         self.sleeping = 0
         self.threads: list[threading.Thread] = []
@@ -174,21 +176,34 @@ class GroupCommit:
     async def commit(self, item: Finished) -> None:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
+        self.arrived.append((item, done, loop))
+        if len(self.arrived) == 1:
+            loop.call_soon(self._hand_over)
+        await asyncio.shield(done)
+
+    def _hand_over(self) -> None:
+        """What finished during one turn of the loop goes to the committers at once: one lock and at most
+        one wake-up per turn, not per file (a wake-up per file was ~6 % of the loop's time)."""
+        arrived, self.arrived = self.arrived, []
         with self.cond:
-            self.queue.append((item, done, loop))
+            self.queue.extend(arrived)
             if self.sleeping:
                 self.cond.notify()
             elif len(self.threads) < self.parallel:
                 thread = threading.Thread(target=self._work, name=f"commit-{len(self.threads)}", daemon=True)
                 self.threads.append(thread)
                 thread.start()
-        await asyncio.shield(done)
 
     def _work(self) -> None:
         while True:
             with self.cond:
+                looks = 0
                 while not self.queue and not self.closed:
-                    self.sleeping += 1
+                    if looks < self.LOOKS:  # busy: look again soon, so the loop need not wake us per turn
+                        looks += 1
+                        self.cond.wait(self.GATHER_SECONDS)
+                        continue
+                    self.sleeping += 1  # idle: sleep until woken
                     self.cond.wait()
                     self.sleeping -= 1
                 if not self.queue:
