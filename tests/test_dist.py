@@ -331,7 +331,7 @@ def test_what_the_executables_hold():
             assert not [m for m in modules if m == module or m.startswith(module + ".")], (name, module)
         assert any(f.startswith("oss_bulk_downloader-") and f.endswith("METADATA") for f in files)
     files, modules = held["oss-download"]
-    assert [f for f in files if f.startswith("crcmod/_crcfunext")]
+    assert [f for f in files if f.startswith("fastcrc/fastcrc.")]
     assert {"flows.cli", "flows.terminal", "core.run", "boto3", "oss2", "questionary", "rich.live"} <= modules
     models = {f.split("/")[2] for f in files if f.startswith("botocore/data/") and f.count("/") > 2}
     assert models == {"s3", "sts", "sso", "sso-oidc", "signin"}

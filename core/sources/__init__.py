@@ -1,5 +1,5 @@
-"""Where objects come from: the Source protocol, and the stores behind it (S3 through boto3, OSS through
-oss2). Sources only list and sign; the engine fetches every byte."""
+"""Where objects come from: the Source protocol, and the stores behind it (S3, OSS). Sources only list and
+sign; the engine fetches every byte."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -92,6 +92,9 @@ def make_source(config: StoreConfig) -> Source:
         if config.backend == "s3":
             from core.sources.s3 import S3Source
             _made[key] = S3Source(config)
+        elif config.backend == "oss" and config.region:  # signature V4: through oss2
+            from core.sources.ossv4 import OssV4Source
+            _made[key] = OssV4Source(config)
         elif config.backend == "oss":
             from core.sources.oss import OssSource
             _made[key] = OssSource(config)

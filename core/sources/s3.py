@@ -1,6 +1,6 @@
 """Any S3-compatible store (AWS S3, Aliyun OSS's S3 API, MinIO, SeaweedFS, Ceph…): listing pages and object
 GETs, both presigned by core/sources/sigv4.py; listing pages are fetched here (one at a time, plain
-http.client) and parsed with ElementTree, object GETs by the engine.
+http.client: core/sources/keepalive.py) and parsed with ElementTree, object GETs by the engine.
 
 No boto3 on this path: its import and client cost ~0.4 s, and its listing parser ~30 µs per object. botocore
 is imported only to find credentials that are not given directly (a profile, SSO, an instance role).
@@ -8,18 +8,15 @@ is imported only to find credentials that are not given directly (a profile, SSO
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import os
 import re
-import socket
-import ssl
-import threading
 import xml.etree.ElementTree as ET
 from urllib.parse import unquote_plus, urlsplit
 
 from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error, retrying_sync
 from core.model import RemoteObject
 from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.sources.keepalive import KeepAliveGet
 from core.sources.sigv4 import Credentials, SigV4Signer
 
 URL_TTL = 3600
@@ -102,7 +99,7 @@ class S3Source(Source):
         self.region = signing_region(config)
         self._credentials = credentials(config)
         self._address(self.region)
-        self._local = threading.local()  # one keep-alive connection per listing thread
+        self._get = KeepAliveGet(config.read_timeout or None)
 
     def _address(self, region: str) -> None:
         self.region = region
@@ -161,41 +158,6 @@ class S3Source(Source):
                 continue
             raise http_error(status, body)
         raise AssertionError("unreachable")
-
-    def _get(self, url: str) -> tuple[int, dict, bytes]:
-        parts = urlsplit(url)
-        target = f"{parts.path}?{parts.query}"
-        for fresh in (False, True):
-            conn = self._connection(parts, fresh)
-            try:
-                conn.request("GET", target)
-                resp = conn.getresponse()
-                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                if fresh:  # a new connection failed too: the store, not a stale keep-alive
-                    raise DownloadError("connection reset", retryable=True) from None
-            except (socket.timeout, TimeoutError):
-                conn.close()
-                raise DownloadError("timeout", retryable=True) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise DownloadError(f"connection error: {exc}", retryable=True) from None
-        raise AssertionError("unreachable")
-
-    def _connection(self, parts, fresh: bool) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if fresh or conn is None or getattr(self._local, "netloc", None) != parts.netloc:
-            if conn is not None:
-                conn.close()
-            timeout = self.config.read_timeout or None
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                                   context=ssl.create_default_context())
-            else:
-                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-            self._local.conn, self._local.netloc = conn, parts.netloc
-        return conn
 
     def folders(self) -> list[str]:
         """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
