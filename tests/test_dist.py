@@ -322,14 +322,21 @@ def test_sigterm_to_the_process_group_stops_in_order(s3, bucket, tmp_path):
 def test_what_the_executables_hold():
     """Prefect and its server stack are not in them; what they need at run time is."""
     from PyInstaller.archive.readers import CArchiveReader
-    held = {}
+    held, compressed = {}, {}
     for name in ("oss-download", "feishu-desktop"):
         archive = CArchiveReader(str(executable(name)))
         files, modules = set(archive.toc), set(archive.open_embedded_archive("PYZ.pyz").toc)
         held[name] = (files, modules)
+        # toc: name -> (offset, stored length, length, compressed, typecode); b: libraries, x: data files
+        compressed[name] = {kind: {bool(e[3]) for e in archive.toc.values() if e[4] == kind} for kind in "bx"}
         for module in ("prefect", "sqlalchemy", "fastapi", "uvicorn", "prefect_aws", "infra", "moto"):
             assert not [m for m in modules if m == module or m.startswith(module + ".")], (name, module)
         assert any(f.startswith("oss_bulk_downloader-") and f.endswith("METADATA") for f in files)
+        assert not [f for f in files if "readline" in f or f.startswith("libtinfo")], name
+    # The terminal tool's libraries are stored as they are (inflating them took ~0.2 s at every start); the
+    # desktop app, started once per session, keeps everything compressed.
+    assert compressed["oss-download"] == {"b": {False}, "x": {True}}
+    assert compressed["feishu-desktop"] == {"b": {True}, "x": {True}}
     files, modules = held["oss-download"]
     assert [f for f in files if f.startswith("fastcrc/fastcrc.")]
     assert {"flows.cli", "flows.terminal", "core.run", "boto3", "oss2", "questionary", "rich.live"} <= modules

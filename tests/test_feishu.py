@@ -180,6 +180,34 @@ def test_deleted_and_denied_files_fail_with_reasons_rate_limits_are_retried(feis
     assert fs.get_count(cells[0]["file_token"]) == 2  # first link, then one refreshed link; never retried
 
 
+def test_a_job_unpickled_in_a_fresh_process_finds_its_feishu_source_and_an_s3_job_never_imports_it(tmp_path):
+    """tasks.runs looks FeishuSpec up only once its module is imported: a Prefect worker's process that
+    unpickles a Feishu job still gets the Bitable source, and an S3 run (the terminal tool) never loads it."""
+    import pickle
+
+    from flows.feishu import FeishuParams
+    job = FeishuParams(app_token="app", table_id="tbl", output=str(tmp_path)).job("run-1", tmp_path)
+    (tmp_path / "job.pickle").write_bytes(pickle.dumps(job))
+    code = f"""
+import pickle, sys
+from core.engine import Engine
+from flows.params import DownloadParams
+from tasks.runs import source_of
+s3 = source_of(DownloadParams(bucket="b", output={str(tmp_path / "s3")!r}).job("run-2"))
+print(type(s3).__name__, "core.sources.feishu" in sys.modules)
+job = pickle.loads(open({str(tmp_path / "job.pickle")!r}, "rb").read())
+with Engine(1) as engine:
+    print(type(source_of(job)(engine)).__name__)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
+               PERSONAL_BASE_TOKEN=GOOD_TOKEN)
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["S3Source", "False", "BitableSource"]
+
+
 def test_wrong_or_missing_token_is_one_line_and_exit_2(feishu, tmp_path):
     feishu.add_table("app", "tbl", FIELDS)
     wrong = "pt-" + uuid.uuid4().hex
