@@ -3,7 +3,7 @@ deployments; no Prefect in here, so the command lines can run the core with them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -11,7 +11,9 @@ from core.model import Job, Plan, Settings
 from core.naming import UNCATEGORIZED, clean_segment
 from core.paths import parse_suffixes, prefix_folder
 from core.sources import StoreConfig
-from core.sources.feishu import DOMAINS, BitableTable, FeishuSpec
+
+if TYPE_CHECKING:
+    from core.sources.feishu import FeishuSpec
 
 MAX_CONCURRENCY = 256
 
@@ -154,6 +156,9 @@ class FeishuParams(BaseModel):
 
     @property
     def base_url(self) -> str:
+        from core.sources.feishu import (
+            DOMAINS,  # not imported by object runs (tasks/runs.py)
+        )
         return self.api_base_url or DOMAINS[self.domain]
 
     @property
@@ -161,6 +166,7 @@ class FeishuParams(BaseModel):
         return clean_segment(self.job_name or self.table_id)
 
     def spec(self) -> FeishuSpec:
+        from core.sources.feishu import BitableTable, FeishuSpec
         table = BitableTable(self.app_token, self.table_id, self.view_id, list(self.attachment_fields), self.page_size)
         return FeishuSpec(table, tuple(self.name_fields), self.name_separator, tuple(self.folder_fields),
                           self.uncategorized_folder, self.base_url, self.api_requests_per_second,
