@@ -100,8 +100,6 @@ class Engine:
             return
         with contextlib.suppress(Exception):
             self.run(self._shutdown(), timeout=10)
-        if self._curl:
-            self._curl.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._files.shutdown(wait=True)
@@ -113,6 +111,8 @@ class Engine:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        if self._curl:
+            self._curl.close()
         if self._session is not None:
             await self._session.close()
 

@@ -1,4 +1,4 @@
-"""Small whole-object GETs on libcurl (pycurl's CurlMulti), driven by a thread of its own.
+"""Small whole-object GETs on libcurl (pycurl's CurlMulti), on the engine's event loop.
 
 Why: for objects of a few KiB the HTTP machinery is most of the run's CPU. Profiled on 100,000 objects of
 1-4 KiB, the loop thread held the GIL ~520 us per object, ~60 % of it in aiohttp, asyncio and yarl; curl
@@ -6,8 +6,7 @@ parses, reads and reuses connections in C with the GIL released. Only GETs whose
 SMALL_BODY and that resume nothing come here (fetch_whole's in-memory case); ranged parts, resumes, streams
 and unknown sizes stay on aiohttp, as does everything when pycurl cannot be imported.
 
-The loop hands requests over through a deque and a wake-up pipe; the thread runs libcurl's multi-socket
-API on a selector and hands finished answers back in one `call_soon_threadsafe` per wake-up, not per object.
+libcurl's multi-socket API runs on the engine's own loop: its sockets are the loop's readers and writers.
 Every check on the answer stays in core/engine/fetch.py; here are only what must happen while bytes arrive:
 the size guard (a body longer than listed is cut off, never buffered), and the read timeout and low-speed
 rule of aiohttp's small path (no bytes for `read_timeout`; the whole body within `seconds + size / limit`).
@@ -15,12 +14,8 @@ rule of aiohttp's small path (no bytes for `read_timeout`; the whole body within
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import os
 import selectors
 import ssl
-import threading
 import time
 
 import pycurl
@@ -135,7 +130,9 @@ def _last_status(head: list[bytes]) -> tuple[int, int]:
 
 
 class SmallGets:
-    """The thread and its CurlMulti. `get` is awaited on the engine's loop; everything curl is done here."""
+    """A CurlMulti on the engine's loop (libcurl's multi-socket API on the loop's selector). `get` is
+    awaited on the loop; curl's own work runs with the GIL released, and no second Python thread contends
+    for the GIL (a thread of its own costs more in GIL hand-overs than it saves: measured, see the report)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float | None,
                  read_timeout: float | None, low_speed: tuple[float, float] | None):
@@ -157,137 +154,88 @@ class SmallGets:
             (pycurl.CONNECTTIMEOUT_MS, int(connect_timeout * 1000) if connect_timeout else 0),
             *_tls_options(),
         ]
-        self._new: collections.deque = collections.deque()  # (future, url, headers, expected)
-        self._cancelled: collections.deque = collections.deque()  # futures
         self._running: dict[asyncio.Future, _Transfer] = {}
         self._idle: list[_Transfer] = []
-        self._done: list = []  # (future, answer or exception), handed to the loop once per wake-up
-        self._timer_at: float | None = None
-        self._stopping = False
-        self._woken = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._wake_r, _IN)
         self._sockets: dict[int, int] = {}
+        self._timer = None  # the loop's handle of curl's timeout
+        self._sweeper = None
+        self._closed = False
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
-        self._thread = threading.Thread(target=self._run, name="small-gets", daemon=True)
-        self._thread.start()
-
-    # -- the loop's side ----------------------------------------------------------------------------
-    async def get(self, url: str, headers: dict, expected: int) -> Received:
-        future = self._loop.create_future()
-        self.requests += 1
-        self._new.append((future, url, headers, expected))
-        self._wake()
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self._cancelled.append(future)  # its handle leaves the multi; the connection is closed
-            self._wake()
-            raise
-
-    def _wake(self) -> None:
-        if not self._woken and not self._stopping:
-            self._woken = True
-            os.write(self._wake_w, b"x")
-
-    def _deliver(self, done: list) -> None:
-        for future, result in done:
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
     @property
     def alive(self) -> bool:
-        return not self._stopping
+        return not self._closed
 
-    def close(self, timeout: float = 5) -> None:
-        """Stop the thread; whatever is in flight is dropped (its tasks were cancelled first)."""
-        if not self._stopping:
-            self._stopping = True
-            os.write(self._wake_w, b"x")
-        self._thread.join(timeout)
+    async def get(self, url: str, headers: dict, expected: int) -> Received:
+        future = self._loop.create_future()
+        self.requests += 1
+        transfer = self._idle.pop() if self._idle else _Transfer(self._options)
+        transfer.start(future, url, headers, expected, time.monotonic())
+        self._running[future] = transfer
+        self._multi.add_handle(transfer.curl)  # curl asks for a timeout of 0 to start it
+        if self._sweeper is None and (self._read_timeout or self._low_speed):
+            self._sweeper = self._loop.call_later(self._sweep_every, self._sweep)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._drop(future)  # its handle leaves the multi; curl closes its connection
+            raise
 
-    # -- the thread's side --------------------------------------------------------------------------
-    def _on_socket(self, what: int, fd: int, multi, data) -> None:
-        if what == pycurl.POLL_REMOVE:
-            if self._sockets.pop(fd, None) is not None:
-                self._sel.unregister(fd)
+    def close(self) -> None:
+        """On the loop: drop whatever is in flight (its tasks were cancelled first) and free curl."""
+        if self._closed:
             return
-        events = _INTEREST[what]
-        if fd in self._sockets:
-            if self._sockets[fd] != events:
-                self._sel.modify(fd, events)
+        self._closed = True
+        for future in list(self._running):
+            self._drop(future)
+            if not future.done():
+                future.cancel()
+        for handle in (self._timer, self._sweeper):
+            if handle is not None:
+                handle.cancel()
+        for fd in list(self._sockets):
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        self._sockets.clear()
+        for transfer in self._idle:
+            transfer.curl.close()
+        self._idle.clear()
+        self._multi.close()
+
+    # -- curl's callbacks and the loop's -----------------------------------------------------------
+    def _on_socket(self, what: int, fd: int, multi, data) -> None:
+        events = _INTEREST.get(what, 0)  # POLL_NONE / POLL_REMOVE: nothing to wait for on it
+        old = self._sockets.get(fd, 0)
+        if events == old:
+            return
+        loop = self._loop
+        if events & _IN and not old & _IN:
+            loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
+        elif old & _IN and not events & _IN:
+            loop.remove_reader(fd)
+        if events & _OUT and not old & _OUT:
+            loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
+        elif old & _OUT and not events & _OUT:
+            loop.remove_writer(fd)
+        if events:
+            self._sockets[fd] = events
         else:
-            self._sel.register(fd, events)
-        self._sockets[fd] = events
+            del self._sockets[fd]
 
     def _on_timer(self, ms: int) -> None:
-        self._timer_at = None if ms < 0 else time.monotonic() + ms / 1000
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None if ms < 0 else self._loop.call_later(ms / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0)
 
-    def _run(self) -> None:
-        multi, sel, wake_r = self._multi, self._sel, self._wake_r
-        next_sweep = 0.0
-        try:
-            while not self._stopping:
-                now = time.monotonic()
-                timeout = None
-                if self._timer_at is not None:
-                    timeout = max(0.0, self._timer_at - now)
-                if self._running:
-                    wait = max(0.0, next_sweep - now)
-                    timeout = wait if timeout is None else min(timeout, wait)
-                for key, mask in sel.select(timeout):
-                    if key.fd == wake_r:
-                        self._woken = False
-                        os.read(wake_r, 4096)
-                        continue
-                    multi.socket_action(key.fd, (pycurl.CSELECT_IN if mask & _IN else 0)
-                                        | (pycurl.CSELECT_OUT if mask & _OUT else 0))
-                if self._timer_at is not None and time.monotonic() >= self._timer_at:
-                    self._timer_at = None
-                    multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
-                if self._stopping:
-                    break
-                while self._cancelled:
-                    self._drop(self._cancelled.popleft())
-                if self._new:
-                    self._start_new()
-                self._collect()
-                now = time.monotonic()
-                if self._running and now >= next_sweep:
-                    self._sweep(now)
-                    next_sweep = now + self._sweep_every
-                if self._done:
-                    done, self._done = self._done, []
-                    self._loop.call_soon_threadsafe(self._deliver, done)
-        except BaseException as exc:  # a bug here must fail the waiting requests, not hang them
-            self._stopping = True
-            waiting = [f for f, _ in self._done] + list(self._running) + [item[0] for item in self._new]
-            error = RuntimeError(f"the small-GET thread failed: {type(exc).__name__}: {exc}")
-            with contextlib.suppress(RuntimeError):  # the engine's loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(self._deliver, [(f, error) for f in waiting])
-            raise
-        finally:
-            self._cleanup()
-
-    def _start_new(self) -> None:
-        now = time.monotonic()
-        while self._new:
-            future, url, headers, expected = self._new.popleft()
-            if future.cancelled():
-                continue
-            transfer = self._idle.pop() if self._idle else _Transfer(self._options)
-            transfer.start(future, url, headers, expected, now)
-            self._running[future] = transfer
-            self._multi.add_handle(transfer.curl)
-        self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)  # let curl start them now
+    def _act(self, fd: int, events: int) -> None:
+        if fd == pycurl.SOCKET_TIMEOUT:
+            self._timer = None
+        if self._closed:
+            return
+        self._multi.socket_action(fd, events)
+        self._collect()
 
     def _collect(self) -> None:
         while True:
@@ -307,8 +255,11 @@ class SmallGets:
         self._multi.remove_handle(transfer.curl)
         future = transfer.future
         del self._running[future]
-        if not future.cancelled():
-            self._done.append((future, error if error is not None else transfer.answer()))
+        if not future.done():
+            if error is None:
+                future.set_result(transfer.answer())
+            else:
+                future.set_exception(error)
         transfer.future = None
         self._idle.append(transfer)
 
@@ -319,9 +270,11 @@ class SmallGets:
             transfer.future = None
             self._idle.append(transfer)
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self) -> None:
         """aiohttp's small-body limits: no bytes for read_timeout s (connect + read_timeout before the
-        first); once the answer has begun, the whole body within `seconds + size / limit` (too slow)."""
+        first); once the answer has begun, the whole body within `seconds + size / limit` (too slow).
+        The store's time is real time (time.monotonic), whatever the loop's clock says."""
+        now = time.monotonic()
         for future, transfer in list(self._running.items()):
             progress = len(transfer.head) + transfer.got
             if progress != transfer.seen:
@@ -338,15 +291,5 @@ class SmallGets:
                     error = TooSlow(f"too slow: less than {limit:g} bytes/s for {seconds:g} s")
             if error is not None:
                 self._drop(future)
-                self._done.append((future, error))
-
-    def _cleanup(self) -> None:
-        for future in list(self._running):
-            self._drop(future)
-        for transfer in self._idle:
-            transfer.curl.close()
-        self._idle.clear()
-        self._multi.close()
-        self._sel.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+                future.set_exception(error)
+        self._sweeper = self._loop.call_later(self._sweep_every, self._sweep) if self._running else None
