@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import re
 import socket
 import sys
@@ -107,6 +108,9 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
         return store
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, socket.timeout)):
         return DownloadError("timeout", retryable=True)
+    pycurl = sys.modules.get("pycurl")  # small GETs (core/engine/curl.py), when pycurl is there
+    if pycurl is not None and isinstance(exc, pycurl.error):
+        return _curl_error(pycurl, *exc.args)
     aiohttp = sys.modules.get("aiohttp")  # not imported: not one of its errors (imported when first used)
     if aiohttp is None:
         if isinstance(exc, ConnectionResetError):
@@ -122,6 +126,32 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
     if isinstance(exc, OSError):
         return _local_error(exc, folder)
     return DownloadError(f"{type(exc).__name__}: {exc}")
+
+
+def _curl_error(pycurl, code: int = 0, message: str = "", os_errno: int = 0) -> DownloadError:
+    """libcurl's failures in the terms of aiohttp's above. curl's own message is kept only for TLS: it may
+    name the host, never the signed URL."""
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return DownloadError("timeout", retryable=True)
+    if code == pycurl.E_PARTIAL_FILE:
+        return DownloadError("truncated body: connection closed before the whole object arrived", retryable=True)
+    if code in (pycurl.E_GOT_NOTHING, pycurl.E_RECV_ERROR, pycurl.E_SEND_ERROR) or (
+            code == pycurl.E_SSL_CONNECT_ERROR and os_errno):  # reset while shaking hands
+        return DownloadError("connection reset", retryable=True)
+    if code == pycurl.E_COULDNT_CONNECT:
+        return DownloadError(f"cannot connect: {os.strerror(os_errno) if os_errno else 'refused'}", retryable=True)
+    if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
+        return DownloadError("cannot connect: the host name does not resolve", retryable=True)
+    if code in _CURL_TLS:  # a certificate, a cipher: another attempt meets the same server
+        return DownloadError(f"TLS error: {message}"[:300])
+    if code == pycurl.E_TOO_MANY_REDIRECTS:
+        return DownloadError("too many redirects")
+    if code in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
+        return DownloadError("the link is not a valid http(s) URL (or redirects to one that is not)")
+    return DownloadError(f"connection error: curl error {code}", retryable=True)
+
+
+_CURL_TLS = {35, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98}  # CURLE_SSL_*, PEER_FAILED_VERIFICATION
 
 
 def _local_error(exc: OSError, folder: str) -> DownloadError:

@@ -4,6 +4,7 @@ URL, so OSS, S3, Feishu and plugin links share resume, ranged parts, integrity c
 
     loop + session + slots    this module
     fetch (whole, ranged)     core/engine/fetch.py
+    small GETs on libcurl     core/engine/curl.py
     checks                    core/engine/verify.py
     final names (durable)     core/engine/commit.py
     rate, low speed           core/engine/limits.py
@@ -66,6 +67,7 @@ class Engine:
         self._slot = _Slot(self)
         self._sem: asyncio.Semaphore
         self._session = None  # made for the first GET: a run with nothing to fetch never imports aiohttp
+        self._curl = None  # core.engine.curl.SmallGets, started for the first small GET; False: no pycurl
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -109,6 +111,8 @@ class Engine:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        if self._curl:
+            self._curl.close()
         if self._session is not None:
             await self._session.close()
 
@@ -146,16 +150,36 @@ class Engine:
             self._loop.call_soon_threadsafe(self._sem.release)
 
     # -- fetching --------------------------------------------------------------------------------
-    async def open(self, sign: Signer, headers: dict, expired: Callable) -> aiohttp.ClientResponse:
-        """GET with a freshly signed URL; one re-sign when the store says the link expired."""
+    def _small_gets(self):
+        if self._curl is None:
+            try:
+                from core.engine.curl import SmallGets
+            except ImportError:  # no pycurl (the executables, other platforms): every GET on aiohttp
+                self._curl = False
+            else:
+                self._curl = SmallGets(self._loop, *self._timeouts, self.low_speed)
+        return self._curl
+
+    async def open(self, sign: Signer, headers: dict, expired: Callable,
+                   small: int | None = None) -> aiohttp.ClientResponse:
+        """GET with a freshly signed URL; one re-sign when the store says the link expired.
+        `small`: the whole body is wanted in memory and the listing says it has this many bytes; then the
+        GET goes to libcurl when it can, and the answer's body is in memory already (curl.Received)."""
+        curl = self._small_gets() if small is not None else None
+        if not (curl and curl.alive):
+            curl = None
         for refresh in (False, True):
             link = sign(refresh)
             if type(link) is not str and inspect.isawaitable(link):
                 link = await link
             url, extra = link if type(link) is tuple else (link, None)
-            # encoded=True: the signature covers the exact percent-encoding the signer produced.
-            session = self._session or self._new_session()
-            resp = await session.get(_URL(url, encoded=True), headers={**headers, **extra} if extra else headers)
+            if curl is not None:
+                resp = await curl.get(url, {**headers, **extra} if extra else headers, small)
+            else:
+                # encoded=True: the signature covers the exact percent-encoding the signer produced.
+                session = self._session or self._new_session()
+                resp = await session.get(_URL(url, encoded=True),
+                                         headers={**headers, **extra} if extra else headers)
             if resp.status in (200, 206):
                 return resp
             body = await resp.read()

@@ -44,7 +44,7 @@ async def fetch_whole(engine, sign, out: Output, rel: str, size: int, etag: str,
         if on_bytes:
             on_bytes(0)  # a request for it has begun (the plugin's "current" count)
         try:
-            resp = await engine.open(sign, headers, expired)
+            resp = await engine.open(sign, headers, expired, size if 0 <= size <= SMALL_BODY else None)
         except HTTPStatusError as err:
             if offset and err.status in (412, 416):  # the partial file's version is gone: start over
                 await engine.in_files(_discard, out, part, meta)
@@ -100,7 +100,9 @@ async def fetch_whole(engine, sign, out: Output, rel: str, size: int, etag: str,
     return Fetched(written, bare_etag(resp.headers.get("ETag")) or etag, finished.mtime_ns)
 
 async def read_small(engine, resp, expected: int, on_bytes) -> bytes:
-    if engine.low_speed:  # the whole small body within the low-speed window (or its length at that speed)
+    # The whole small body within the low-speed window (or its length at that speed); an answer of
+    # core/engine/curl.py is in memory already, and came under the same limits.
+    if engine.low_speed and not getattr(resp, "in_memory", False):
         limit, seconds = engine.low_speed
         try:
             async with asyncio.timeout(seconds + expected / limit):
