@@ -452,7 +452,8 @@ def test_cli_logs_each_file_and_sigterm_exits_0_despite_a_stubborn_client(tmp_pa
 def test_ctrl_c_at_a_terminal_exits_0_despite_a_stubborn_client(tmp_path):
     import pexpect
     child = pexpect.spawn(sys.executable, ["-m", "bridge", "--port", "0", "--output", str(tmp_path / "out")],
-                          cwd=str(tmp_path), env=CLI_ENV, encoding="utf-8", timeout=60)
+                          cwd=str(tmp_path), env=CLI_ENV, encoding="utf-8", timeout=60,
+                          codec_errors="replace")  # ^C is echoed where typed
     stubborn = None
     try:
         child.expect(r"listening on ws://127\.0\.0\.1:(\d+)")

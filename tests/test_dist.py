@@ -240,7 +240,7 @@ def spawn(env: dict[str, str], *args: str) -> pexpect.spawn:
     """The executable in a pseudo-terminal: Ctrl-C typed there reaches its whole process group."""
     command = env_i({**env, "TERM": "xterm-256color"}, executable("oss-download"), *args)
     child = pexpect.spawn(command[0], command[1:], cwd=env["HOME"], encoding="utf-8", timeout=60,
-                          dimensions=(24, 80))
+                          dimensions=(24, 80), codec_errors="replace")  # ^C is echoed where typed
     child.logfile_read = child.log = io.StringIO()
     return child
 

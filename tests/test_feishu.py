@@ -299,7 +299,7 @@ def test_ctrl_c_on_the_default_path_stops_within_5_s_then_the_core_resumes(feish
     args = ["--app-token", "app", "--table-id", "tbl", "--api-base-url", fs.base_url, "--output", str(out),
             "--concurrency", "2"]
     child = pexpect.spawn(str(Path(sys.executable).parent / "feishu-download"), args, cwd=str(tmp_path), env=env,
-                          encoding="utf-8", timeout=90)
+                          encoding="utf-8", timeout=90, codec_errors="replace")  # ^C is echoed where typed
     child.expect("starting a temporary Prefect server")
     while len(list((out / "tbl").glob("*.bin"))) < 3:
         child.expect([pexpect.TIMEOUT], timeout=0.1)

@@ -62,7 +62,9 @@ class ScreenLog(io.StringIO):
 def spawn(args: list[str], env: dict, size: tuple[int, int] = (50, 200), program: str | None = None) -> pexpect.spawn:
     """The CLI in a pseudo-terminal of `size` (rows, columns); everything it prints is kept in child.screen_log."""
     command, argv = (program, args) if program else (sys.executable, ["-m", "flows.download", *args])
-    child = pexpect.spawn(command, argv, cwd=str(ROOT), env=env, encoding="utf-8", timeout=60, dimensions=size)
+    child = pexpect.spawn(command, argv, cwd=str(ROOT), env=env, encoding="utf-8", timeout=60, dimensions=size,
+                          # the terminal echoes ^C where it is typed: possibly inside a character being drawn
+                          codec_errors="replace")
     child.screen_log, child.size = ScreenLog(Terminal(child, *size)), size
     child.logfile_read = child.screen_log
     return child
