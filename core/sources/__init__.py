@@ -78,6 +78,24 @@ class Source:
         """Release what the source holds open (API sessions); the engine is still running."""
 
 
+class StoreSource(Source):
+    """A bucket's source (S3, OSS): checked before a run by listing one key; failures explained in one line."""
+
+    def check(self) -> bool:
+        from core.errors import retrying_sync
+        try:
+            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
+                with attempt:
+                    page = self.list_page(None, limit=1)
+            return bool(page.objects or page.truncated)
+        except Exception as exc:  # noqa: BLE001 - translated into one clear line
+            raise self._explain(exc) from None
+
+    def _explain(self, exc: Exception) -> Exception:
+        """The one line a failed check means (UsageError), or the exception itself."""
+        return exc
+
+
 _made: dict[tuple, Source] = {}
 
 

@@ -13,9 +13,9 @@ import socket
 import xml.etree.ElementTree as ET
 from urllib.parse import unquote, urlsplit
 
-from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error, retrying_sync
+from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
 from core.model import RemoteObject
-from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip
 from core.sources.keepalive import KeepAliveGet
 from core.sources.ossv1 import OssV1Signer
 
@@ -68,7 +68,7 @@ def bucket_url(endpoint: str, bucket: str, cname: bool) -> str:
     return f"{parts.scheme}://{bucket}.{netloc}/"
 
 
-class OssSource(Source):
+class OssSource(StoreSource):
     """Aliyun OSS, signature V1: presigned listing pages and object GETs."""
 
     def __init__(self, config: StoreConfig):
@@ -97,15 +97,6 @@ class OssSource(Source):
         if isinstance(exc, DownloadError) and exc.retryable:  # the store did not answer
             return UsageError(f"cannot reach endpoint {self.config.endpoint}")
         return exc
-
-    def check(self) -> bool:
-        try:
-            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
-                with attempt:
-                    page = self.list_page(None, limit=1)
-            return bool(page.objects or page.truncated)
-        except Exception as exc:  # noqa: BLE001 - translated into one clear line
-            raise self._explain(exc) from None
 
     def _list(self, token: str | None, limit: int, delimiter: str = "") -> ET.Element:
         params = [("list-type", "2"), ("prefix", self.config.prefix), ("max-keys", str(limit)),

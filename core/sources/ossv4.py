@@ -8,16 +8,16 @@ import oss2
 import oss2.exceptions as ox
 from oss2.credentials import StaticCredentialsProvider
 
-from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip
 from core.sources.oss import DENIED, LISTING_CONNECTIONS, URL_TTL, oss_credentials
-from core.errors import ListingError, UsageError, retrying_sync
+from core.errors import ListingError, UsageError
 from core.model import RemoteObject
 
 # oss2 logs request headers (the Authorization header among them) at DEBUG.
 logging.getLogger("oss2").setLevel(logging.WARNING)
 
 
-class OssV4Source(Source):
+class OssV4Source(StoreSource):
     """Aliyun OSS, signature V4: oss2 lists and signs."""
 
     def __init__(self, config: StoreConfig):
@@ -46,15 +46,6 @@ class OssV4Source(Source):
                                   " check the credentials and permissions")
             return RuntimeError(f"listing {where} failed: HTTP {exc.status} {exc.code}")
         return exc
-
-    def check(self) -> bool:
-        try:
-            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
-                with attempt:
-                    page = self.list_page(None, limit=1)
-            return bool(page.objects or page.truncated)
-        except Exception as exc:  # noqa: BLE001 - translated into one clear line
-            raise self._explain(exc) from None
 
     def list_page(self, token: str | None, limit: int = PAGE_SIZE) -> Page:
         result = self.bucket.list_objects_v2(prefix=self.config.prefix, continuation_token=token or "",

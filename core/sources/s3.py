@@ -13,9 +13,9 @@ import re
 import xml.etree.ElementTree as ET
 from urllib.parse import unquote_plus, urlsplit
 
-from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error, retrying_sync
+from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
 from core.model import RemoteObject
-from core.sources import CHECK_ATTEMPTS, PAGE_SIZE, Page, Source, StoreConfig, clip
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip
 from core.sources.keepalive import KeepAliveGet
 from core.sources.sigv4 import Credentials, SigV4Signer
 
@@ -88,7 +88,7 @@ def configured_endpoint(config: StoreConfig) -> str | None:
     return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
 
 
-class S3Source(Source):
+class S3Source(StoreSource):
     """Any S3-compatible store: presigned listing pages and object GETs."""
 
     def __init__(self, config: StoreConfig):
@@ -107,15 +107,6 @@ class S3Source(Source):
         self.sign = SigV4Signer(self._credentials, region, URL_TTL)
 
     # -- listing ---------------------------------------------------------------------------------------
-    def check(self) -> bool:
-        try:
-            for attempt in retrying_sync(CHECK_ATTEMPTS, 0.5):
-                with attempt:
-                    page = self.list_page(None, limit=1)
-            return bool(page.objects or page.truncated)
-        except Exception as exc:  # noqa: BLE001 - translated into one clear line
-            raise self._explain(exc) from None
-
     def _explain(self, exc: Exception) -> Exception:
         where = f"bucket {self.config.bucket!r}"
         if isinstance(exc, UsageError):
