@@ -44,7 +44,8 @@ def _may_name_an_api() -> bool:
         return False
     if "prefect" in sys.modules or os.environ.get("PREFECT_API_URL"):
         return True  # already imported, asking costs nothing (and its settings context may be set in code)
-    if any(Path(name).is_file() for name in (".env", "prefect.toml")):  # Prefect also reads these in the cwd
+    # Prefect also reads these in the cwd (a .env often holds only PERSONAL_BASE_TOKEN: that names no API).
+    if Path("prefect.toml").is_file() or "PREFECT_" in _text(Path(".env")):
         return True
     if "[tool.prefect" in _text(Path("pyproject.toml")):
         return True

@@ -496,11 +496,16 @@ def test_cli_exits_2_when_the_port_is_taken(start_service, tmp_path):
     ('active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n[profiles.off]\n',
      {"PREFECT_PROFILE": "off"}, "False False"),
     (None, {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "True True"),
+    (None, {".env": "PERSONAL_BASE_TOKEN=pt-x\n"}, "False False"),  # the desktop user's .env: no API in it
+    (None, {".env": "PREFECT_API_URL=http://127.0.0.1:9/api\n"}, "True True"),
 ])
 def test_jobs_are_recorded_when_the_environment_or_the_active_profile_names_an_api(tmp_path, profiles, env,
                                                                                     expected):
     home = tmp_path / "home"
     home.mkdir()
+    env = dict(env)
+    if ".env" in env:
+        (tmp_path / ".env").write_text(env.pop(".env"))
     if profiles:
         (home / "profiles.toml").write_text(profiles)
     environment = {k: v for k, v in CLI_ENV.items() if not k.startswith("PREFECT_")}

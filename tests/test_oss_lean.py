@@ -123,3 +123,11 @@ def test_a_region_means_signature_v4_through_oss2(oss):
     config = StoreConfig(backend="oss", bucket="bench", endpoint=oss.endpoint, region="cn-hangzhou",
                          credentials={"access_key_id": "k", "secret_access_key": "s"})
     assert isinstance(make_source(config), OssV4Source)
+
+
+@pytest.mark.parametrize("region", [None, "cn-hangzhou"])
+def test_oss_without_an_endpoint_is_one_usage_line_for_both_signatures(region):
+    from core.errors import UsageError
+    from core.sources import make_source
+    with pytest.raises(UsageError, match="--endpoint is required for --backend oss"):
+        make_source(StoreConfig(backend="oss", bucket="b", region=region))

@@ -78,6 +78,18 @@ class Source:
         """Release what the source holds open (API sessions); the engine is still running."""
 
 
+def listing_params(config: StoreConfig, token: str | None, limit: int, delimiter: str = "") -> list[tuple[str, str]]:
+    """The query of one ListObjectsV2 page (S3 and OSS ask it the same way), keys URL-encoded in the answer."""
+    params = [("list-type", "2"), ("prefix", config.prefix), ("max-keys", str(limit)), ("encoding-type", "url")]
+    if delimiter:
+        params.append(("delimiter", delimiter))
+    if token:
+        params.append(("continuation-token", token))
+    elif config.start_after:
+        params.append(("start-after", config.start_after))
+    return params
+
+
 class StoreSource(Source):
     """A bucket's source (S3, OSS): checked before a run by listing one key; failures explained in one line."""
 
@@ -104,6 +116,8 @@ def make_source(config: StoreConfig) -> Source:
     of CPU to build and the CLI's pre-flight check and the flow would otherwise build two."""
     if not config.bucket:
         raise UsageError("--bucket is required")
+    if config.backend == "oss" and not config.endpoint:
+        raise UsageError("--endpoint is required for --backend oss (e.g. https://oss-cn-hangzhou.aliyuncs.com)")
     key = tuple((f.name, tuple(sorted(config.credentials.items())) if f.name == "credentials"
                  else getattr(config, f.name)) for f in fields(config))
     if key not in _made:

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
 from core.model import RemoteObject
-from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip, listing_params
 from core.sources.keepalive import KeepAliveGet
 from core.sources.ossv1 import OssV1Signer
 
@@ -72,8 +72,6 @@ class OssSource(StoreSource):
     """Aliyun OSS, signature V1: presigned listing pages and object GETs."""
 
     def __init__(self, config: StoreConfig):
-        if not config.endpoint:
-            raise UsageError("--endpoint is required for --backend oss (e.g. https://oss-cn-hangzhou.aliyuncs.com)")
         self.config = config
         key_id, secret, token = oss_credentials(config)
         if not token:  # as oss2.Auth (StsAuth keeps them as given)
@@ -99,15 +97,7 @@ class OssSource(StoreSource):
         return exc
 
     def _list(self, token: str | None, limit: int, delimiter: str = "") -> ET.Element:
-        params = [("list-type", "2"), ("prefix", self.config.prefix), ("max-keys", str(limit)),
-                  ("encoding-type", "url")]
-        if delimiter:
-            params.append(("delimiter", delimiter))
-        if token:
-            params.append(("continuation-token", token))
-        elif self.config.start_after:
-            params.append(("start-after", self.config.start_after))
-        status, _, body = self._get(self.sign.bucket_url(params))
+        status, _, body = self._get(self.sign.bucket_url(listing_params(self.config, token, limit, delimiter)))
         if status != 200:
             raise http_error(status, body)
         try:

@@ -21,8 +21,6 @@ class OssV4Source(StoreSource):
     """Aliyun OSS, signature V4: oss2 lists and signs."""
 
     def __init__(self, config: StoreConfig):
-        if not config.endpoint:
-            raise UsageError("--endpoint is required for --backend oss (e.g. https://oss-cn-hangzhou.aliyuncs.com)")
         self.config = config
         key_id, secret, token = oss_credentials(config)
         auth = oss2.ProviderAuthV4(StaticCredentialsProvider(key_id, secret, token))

@@ -15,7 +15,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
 from core.model import RemoteObject
-from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip, listing_params
 from core.sources.keepalive import KeepAliveGet
 from core.sources.sigv4 import Credentials, SigV4Signer
 
@@ -123,15 +123,7 @@ class S3Source(StoreSource):
         return exc
 
     def list_page(self, token: str | None, limit: int = PAGE_SIZE, delimiter: str = "") -> Page:
-        params = [("list-type", "2"), ("max-keys", str(limit)), ("prefix", self.config.prefix),
-                  ("encoding-type", "url")]
-        if delimiter:
-            params.append(("delimiter", delimiter))
-        if token:
-            params.append(("continuation-token", token))
-        elif self.config.start_after:
-            params.append(("start-after", self.config.start_after))
-        root = self._get_xml(params)
+        root = self._get_xml(listing_params(self.config, token, limit, delimiter))
         page = _page(root)
         return page if delimiter else clip(page, self.config.end_before)
 
