@@ -68,6 +68,15 @@ def bucket_url(endpoint: str, bucket: str, cname: bool) -> str:
     return f"{parts.scheme}://{bucket}.{netloc}/"
 
 
+def refused(where: str, status: int, code: str) -> Exception:
+    """What OSS's refusal of a listing means to the person (either signature's answer)."""
+    if code == "NoSuchBucket":
+        return UsageError(f"{where} not found")
+    if status == 403 and (code in DENIED or not code):
+        return UsageError(f"access denied to {where} ({code or status}): check the credentials and permissions")
+    return RuntimeError(f"listing {where} failed: HTTP {status} {code}")
+
+
 class OssSource(StoreSource):
     """Aliyun OSS, signature V1: presigned listing pages and object GETs."""
 
@@ -86,12 +95,7 @@ class OssSource(StoreSource):
         if isinstance(exc, UsageError):
             return exc
         if isinstance(exc, HTTPStatusError):
-            if exc.code == "NoSuchBucket":
-                return UsageError(f"{where} not found")
-            if exc.status == 403 and (exc.code in DENIED or not exc.code):
-                return UsageError(f"access denied to {where} ({exc.code or exc.status}):"
-                                  " check the credentials and permissions")
-            return RuntimeError(f"listing {where} failed: HTTP {exc.status} {exc.code}")
+            return refused(where, exc.status, exc.code)
         if isinstance(exc, DownloadError) and exc.retryable:  # the store did not answer
             return UsageError(f"cannot reach endpoint {self.config.endpoint}")
         return exc

@@ -9,7 +9,7 @@ import oss2.exceptions as ox
 from oss2.credentials import StaticCredentialsProvider
 
 from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip
-from core.sources.oss import DENIED, LISTING_CONNECTIONS, URL_TTL, oss_credentials
+from core.sources.oss import LISTING_CONNECTIONS, URL_TTL, oss_credentials, refused
 from core.errors import ListingError, UsageError
 from core.model import RemoteObject
 
@@ -37,12 +37,7 @@ class OssV4Source(StoreSource):
         if isinstance(exc, ox.RequestError):
             return UsageError(f"cannot reach endpoint {self.config.endpoint}")
         if isinstance(exc, ox.OssError):
-            if exc.code == "NoSuchBucket":
-                return UsageError(f"{where} not found")
-            if exc.status == 403 and (exc.code in DENIED or not exc.code):
-                return UsageError(f"access denied to {where} ({exc.code or exc.status}):"
-                                  " check the credentials and permissions")
-            return RuntimeError(f"listing {where} failed: HTTP {exc.status} {exc.code}")
+            return refused(where, exc.status, exc.code)
         return exc
 
     def list_page(self, token: str | None, limit: int = PAGE_SIZE) -> Page:
