@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -14,16 +13,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port  # noqa: F401 - free_port is part of these helpers
 
 # Never let `make` rebuild the shared .venv (its .installed stamp is older than a changed pyproject.toml).
 MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(home: Path, **extra) -> dict:

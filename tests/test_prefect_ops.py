@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, migrated_prefect_db
 from tests.prefect_ops import (MAKE, Receiver, artifacts_of, clean_env, client_for, free_port, logs_of, run, start,
                                start_workers, stop, wait_final, wait_for, wait_healthy)
 from tests.test_download import body, local_files, put, read_csv
@@ -28,10 +28,14 @@ DEPLOYMENTS = {"object-download/s3-download", "object-download/oss-nightly-mirro
 
 
 @contextlib.contextmanager
-def ops_server(tmp_path_factory, s3):
+def ops_server(tmp_path_factory, s3, prefect_file=None, migrated=False):
     """`make server` on a free port, `make deploy` with credentials, an alert webhook and a reports bucket in the
-    environment, and two `make worker`s (without store credentials of their own: runs use the blocks)."""
+    environment, and two `make worker`s (without store credentials of their own: runs use the blocks).
+    `prefect_file`: deploy that file instead of prefect.yaml (`make deploy PREFECT_FILE=...`). `migrated`: the
+    server starts on a database already migrated (a second `make server`), not on none (the first)."""
     home = tmp_path_factory.mktemp("prefect-home")
+    if migrated:
+        migrated_prefect_db(tmp_path_factory, home / "prefect.db")
     logs = home / "logs"
     logs.mkdir()
     port = free_port()
@@ -51,7 +55,8 @@ def ops_server(tmp_path_factory, s3):
     procs = [start(MAKE + ["server", f"PREFECT_PORT={port}"], server_env, logs / "server.log")]
     try:
         wait_healthy(api, logs / "server.log")
-        deploy = run(MAKE + ["deploy", f"PREFECT_PORT={port}"], deploy_env)
+        deploy = run(MAKE + ["deploy", f"PREFECT_PORT={port}"] + ([f"PREFECT_FILE={prefect_file}"] if prefect_file else []),
+                     deploy_env)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         worker_env = dict(env, PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK="s3-bucket/download-reports")
         start_workers(procs, ["worker-a", "worker-b"], port, worker_env, logs, api)
@@ -85,10 +90,17 @@ def schedule_ids(ops, deployment: str) -> list[str]:
 
 
 def schedule(ops, action: str, deployment: str, schedule_id: str) -> None:
-    """`prefect deployment schedule resume|pause DEPLOYMENT SCHEDULE_ID`, as the README says."""
-    done = run([sys.executable, "-m", "prefect", "deployment", "schedule", action, deployment, schedule_id],
-               ops["env"])
-    assert done.returncode == 0, done.stdout + done.stderr
+    """`prefect deployment schedule resume|pause DEPLOYMENT SCHEDULE_ID`, as the README says. Prefect's SQLite
+    server answers 503 while writers contend for its lock (a deferred transaction that read before another's write
+    fails at once), and its client gives up after five tries with backoff: an operator runs the command again, and
+    so does this, twice at most. Any other failure fails at once, with the server's last lines."""
+    argv = [sys.executable, "-m", "prefect", "deployment", "schedule", action, deployment, schedule_id]
+    for _ in range(3):
+        done = run(argv, ops["env"])
+        if done.returncode == 0 or "503 Service Unavailable" not in done.stdout + done.stderr:
+            break
+    server_log = (ops["logs"] / "server.log").read_text(errors="replace")
+    assert done.returncode == 0, done.stdout + done.stderr + "\n--- server.log ---\n" + server_log[-4000:]
 
 
 def runs_of(client, deployment: str):

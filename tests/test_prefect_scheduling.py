@@ -6,13 +6,14 @@ own objects and runs; none relies on another's."""
 from __future__ import annotations
 
 import sys
+import uuid
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.prefect_ops import MAKE, artifacts_of, client_for, logs_of, run, server_errors, wait_final, wait_for
+from tests.prefect_ops import artifacts_of, client_for, logs_of, run, server_errors, wait_final, wait_for
 from tests.test_download import body, local_files, put, read_csv
 from tests.test_prefect_ops import (SECRET, everything_recorded, ops_server, runs_of, schedule, schedule_ids,
                                     start_run, store_params)
@@ -20,8 +21,21 @@ from tests.test_prefect_ops import (SECRET, everything_recorded, ops_server, run
 
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory, s3):
-    with ops_server(tmp_path_factory, s3) as found:
-        yield found
+    """The ops server, deployed from a copy of prefect.yaml with one entry more: `scheduled-e2e`, the s3-download
+    entry with its parameters set (the README's first step) and its schedule every 10 s instead of nightly, still
+    paused (one `make deploy PREFECT_FILE=...` for the whole file: each costs seconds of Prefect's imports)."""
+    bucket = "sched-" + uuid.uuid4().hex[:8]
+    s3.client().create_bucket(Bucket=bucket)
+    out = tmp_path_factory.mktemp("scheduled") / "out"
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (entry,) = [dict(d) for d in config["deployments"] if d["name"] == "s3-download"]
+    entry.update(name="scheduled-e2e", parameters={"params": store_params(s3, bucket, "sched/", out)},
+                 schedules=[{"interval": 10, "active": False}])
+    config["deployments"].append(entry)
+    copy = out.parent / "prefect.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    with ops_server(tmp_path_factory, s3, prefect_file=copy, migrated=True) as found:
+        yield dict(found, scheduled={"bucket": bucket, "out": out})
 
 
 def test_shipped_schedule_resumed_creates_runs_without_server_errors(ops):
@@ -43,32 +57,23 @@ def test_shipped_schedule_resumed_creates_runs_without_server_errors(ops):
     assert "Can't evaluate bulk DML" not in server_log and not server_errors(server_log), server_errors(server_log)
 
 
-def test_a_scheduled_run_executes_on_a_worker(ops, s3, bucket, tmp_path):
-    """The s3-download entry of prefect.yaml, its parameters set (the README's first step) and its schedule
-    every 10 s instead of nightly, deployed with `make deploy PREFECT_FILE=...` and resumed the README's way."""
+def test_a_scheduled_run_executes_on_a_worker(ops, s3):
+    """`scheduled-e2e` (see `ops`), resumed the README's way: its first run downloads the prefix on a worker."""
+    bucket, out = ops["scheduled"]["bucket"], ops["scheduled"]["out"]
     keys = [f"sched/{i}.bin" for i in range(5)]
     for key in keys:
         put(s3, bucket, key, body(key, 2000))
-    out = tmp_path / "scheduled"
-    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (entry,) = [d for d in config["deployments"] if d["name"] == "s3-download"]
-    entry.update(name="scheduled-e2e", parameters={"params": store_params(s3, bucket, "sched/", out)},
-                 schedules=[{"interval": 10, "active": False}])
-    config["deployments"] = [entry]
-    copy = tmp_path / "prefect.yaml"
-    copy.write_text(yaml.safe_dump(config))
-    deploy = run(MAKE + ["deploy", f"PREFECT_PORT={ops['port']}", f"PREFECT_FILE={copy}"], ops["deploy_env"])
-    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     deployment = "object-download/scheduled-e2e"
     (schedule_id,) = schedule_ids(ops, deployment)
     schedule(ops, "resume", deployment, schedule_id)
-    try:
-        with client_for(ops["api"]) as client:
-            done = wait_for("a scheduled run to finish", lambda: [
-                r for r in runs_of(client, deployment) if r.state.is_final()], timeout=240, every=1)
-    finally:
-        schedule(ops, "pause", deployment, schedule_id)
-    assert done[0].auto_scheduled and done[0].state.is_completed(), done[0].state
+    with client_for(ops["api"]) as client:
+        try:  # paused once a run has left Scheduled: a run every 10 s would pile up behind a slow first one
+            started = wait_for("a scheduled run to start", lambda: [
+                r for r in runs_of(client, deployment) if not r.state.is_scheduled()], timeout=240, every=1)
+        finally:
+            schedule(ops, "pause", deployment, schedule_id)
+        done = wait_final(client, started[0].id)
+    assert done.auto_scheduled and done.state.is_completed(), done.state
     assert local_files(out) == {k[len("sched/"):]: body(k, 2000) for k in keys}
 
 
@@ -156,10 +161,11 @@ def test_bad_parameters_are_refused_naming_the_parameter(ops):
          "Validation failed for field 'params.concurrency'. Failure reason: 0 is less than the minimum of 1"),
     ]
     with client_for(ops["api"]) as client:
-        before = len(client.read_flow_runs(limit=200))
+        # Counted per deployment named above: other tests' runs (a shard, a scheduled run) may come and go meanwhile.
+        before = {name: len(runs_of(client, name)) for name in ("sharded-download/sharded", "object-download/s3-download")}
         for argv, message in cases:
             result = run(prefect + argv, ops["env"])
             assert result.returncode == 1 and message in result.stdout + result.stderr, (argv, result.stdout)
-        assert len(client.read_flow_runs(limit=200)) == before  # refused before any run exists
+        assert {name: len(runs_of(client, name)) for name in before} == before  # refused before any run exists
     cli = run([sys.executable, "-m", "flows.sharded", "--shards", "-3", "--bucket", "b"], ops["env"])
     assert cli.returncode == 2 and "argument --shards: invalid int from 1 to 64 value: '-3'" in cli.stderr, cli.stderr
