@@ -2,11 +2,15 @@
 `make worker`): processes in their own groups (stopped as a group), a loopback webhook receiver, API waits."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -120,7 +124,7 @@ def start_workers(procs: list, names: list[str], port: int, env: dict, logs: Pat
 
 _RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (\w+) +\| ([\w.]+) - ", re.M)
 # Prefect's SQLite server reports worker registrations and heartbeats that lost a write-lock race ("database is
-# locked") with a traceback, and the worker retries; a server on PostgreSQL logs none (tests/test_prefect_postgres).
+# locked") with a traceback, and the worker retries; a server on PostgreSQL logs none (tests/test_prefect_ops.py).
 _SQLITE_WORKER_RACE = ("prefect.server.api.workers", "prefect.server.utilities.worker_channel")
 
 
@@ -156,3 +160,38 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else None
+
+
+@contextlib.contextmanager
+def postgres_cluster():
+    """A PostgreSQL cluster of its own (Debian's postgresql): initdb in a temporary folder, trust auth on
+    127.0.0.1, a free port, one database `prefect`. Postgres refuses to run as root, so as root it runs as the
+    `postgres` user the package creates. Yields the server's URL for Prefect and a psql command on it."""
+    assert pg_bin("initdb"), "Debian's postgresql is not installed (apt-get install postgresql; .ci/run does)"
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = tempfile.mkdtemp(prefix="prefect-pg-")
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = os.path.join(folder, "data"), free_port()
+    init = subprocess.run(as_user + [pg_bin("initdb"), "-D", data, "-A", "trust", "-U", "prefect", "-E", "UTF8"],
+                          capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stdout + init.stderr
+    server = subprocess.Popen(as_user + [pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1",
+                                         "-k", folder], stdout=open(os.path.join(folder, "pg.log"), "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "-d", "postgres", "-tAc"]
+        wait_for("postgres to accept connections", lambda: subprocess.run(
+            psql + ["select 1"], capture_output=True).returncode == 0, timeout=60)
+        subprocess.run(psql + ["create database prefect"], check=True, capture_output=True)
+        yield {"url": f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect",
+               "psql": psql[:-3] + ["-d", "prefect", "-tAc"]}
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # fast shutdown
+        server.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

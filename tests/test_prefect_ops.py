@@ -1,15 +1,17 @@
-"""Prefect operations the README's way, on a real server: `make server` on a free port, `make deploy` from
-prefect.yaml, two `make worker`s, runs with failed objects ending Failed and alerting a webhook, the failure CSV
-linked from the UI, one run of a deployment at a time, shards that cannot start, credentials blocks, and the
-flow-run page in Chromium. Schedules, sharded runs and refused parameters are in test_prefect_scheduling.py, on a
-server of their own (`ops` is per module), so that pytest-xdist runs the two files side by side. Every test makes
-its own objects and runs; none relies on another's."""
+"""Prefect operations the README's way, on a real server on PostgreSQL (the README's choice beyond a couple of
+workers): `make server` on a free port, `make deploy` from prefect.yaml, two `make worker`s, runs with failed
+objects ending Failed and alerting a webhook, the failure CSV linked from the UI, one run of a deployment at a
+time, shards that cannot start, a sharded run from the shell, credentials blocks, and the flow-run page in
+Chromium. Schedules, sharded deployments and refused parameters are in test_prefect_scheduling.py, on a server of
+their own on SQLite (`make server`'s default; `ops` is per module), so that pytest-xdist runs the two files side
+by side. Every test makes its own objects and runs; none relies on another's."""
 from __future__ import annotations
 
 import contextlib
 import json
 import re
 import shutil
+import subprocess
 import sys
 import urllib.request
 import uuid
@@ -17,8 +19,8 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, migrated_prefect_db
-from tests.prefect_ops import (MAKE, Receiver, artifacts_of, clean_env, client_for, free_port, logs_of, run, start,
-                               start_workers, stop, wait_final, wait_for, wait_healthy)
+from tests.prefect_ops import (MAKE, Receiver, artifacts_of, clean_env, client_for, free_port, logs_of,
+                               postgres_cluster, run, start, start_workers, stop, wait_final, wait_for, wait_healthy)
 from tests.test_download import body, local_files, put, read_csv
 
 SECRET = "Sup3r-Secret-Value-9f2c"
@@ -28,11 +30,12 @@ DEPLOYMENTS = {"object-download/s3-download", "object-download/oss-nightly-mirro
 
 
 @contextlib.contextmanager
-def ops_server(tmp_path_factory, s3, prefect_file=None, migrated=False):
+def ops_server(tmp_path_factory, s3, prefect_file=None, migrated=False, database_url=None):
     """`make server` on a free port, `make deploy` with credentials, an alert webhook and a reports bucket in the
     environment, and two `make worker`s (without store credentials of their own: runs use the blocks).
     `prefect_file`: deploy that file instead of prefect.yaml (`make deploy PREFECT_FILE=...`). `migrated`: the
-    server starts on a database already migrated (a second `make server`), not on none (the first)."""
+    server starts on a SQLite database already migrated (a second `make server`), not on none (the first).
+    `database_url`: the server's database instead (PREFECT_SERVER_DATABASE_CONNECTION_URL, as the README says)."""
     home = tmp_path_factory.mktemp("prefect-home")
     if migrated:
         migrated_prefect_db(tmp_path_factory, home / "prefect.db")
@@ -46,7 +49,8 @@ def ops_server(tmp_path_factory, s3, prefect_file=None, migrated=False):
     fast = dict(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1", PREFECT_WORKER_QUERY_SECONDS="1",
                 PREFECT_WORKER_PREFETCH_SECONDS="1", PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2")
     # The server's shell has no PREFECT_API_URL: its UI must still talk to PREFECT_PORT, not 4200.
-    server_env = clean_env(home, **fast)
+    server_env = clean_env(home, **fast, **({"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url}
+                                            if database_url else {}))
     env = clean_env(home, PREFECT_API_URL=api, **fast)
     deploy_env = dict(env, AWS_ACCESS_KEY_ID="test-access-key", AWS_SECRET_ACCESS_KEY=SECRET,
                       OSS_ACCESS_KEY_ID="oss-key-id", OSS_ACCESS_KEY_SECRET="oss-" + SECRET,
@@ -69,8 +73,8 @@ def ops_server(tmp_path_factory, s3, prefect_file=None, migrated=False):
 
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory, s3):
-    with ops_server(tmp_path_factory, s3) as found:
-        yield found
+    with postgres_cluster() as postgres, ops_server(tmp_path_factory, s3, database_url=postgres["url"]) as found:
+        yield dict(found, psql=postgres["psql"])
 
 
 def everything_recorded(client, run_ids, ops) -> str:
@@ -274,6 +278,29 @@ def test_shards_that_cannot_start_fail_clearly(ops, s3, bucket, tmp_path):
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: work pool {pool!r} runs at most 0 flow run(s) at once: shards could never start; raise it"
         f" (prefect work-pool set-concurrency-limit {pool} N) or clear it")
+
+
+def test_sharded_run_from_the_shell_spreads_over_both_workers(ops, s3, bucket, tmp_path):
+    """`python -m flows.sharded` in a shell with PREFECT_API_URL set: the parent runs here, its shards run on
+    the workers (both take some), and the runs are rows in PostgreSQL."""
+    keys = [f"pg/{f}/{i}.dat" for f in "abcd" for i in range(4)]
+    for key in keys:
+        put(s3, bucket, key, body(key, 2000))
+        s3.add_fault(bucket, key, "delay", seconds=0.3)  # shards long enough for both workers to take some
+    out = tmp_path / "out"
+    result = run([sys.executable, "-m", "flows.sharded", "--shards", "4", "--endpoint", s3.endpoint,
+                  "--bucket", bucket, "--prefix", "pg/", "--output", str(out), "--credentials-block",
+                  "s3-credentials", "--poll-seconds", "1"], ops["env"], timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "downloaded        16" in result.stdout and "failed            0" in result.stdout
+    assert local_files(out) == {k[len("pg/"):]: body(k, 2000) for k in keys}
+    ids = subprocess.run(ops["psql"] + ["select id from flow_run where name like 'shard-s%'"
+                                        f" and parameters::text like '%{out}%'"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(ids) == 4, ids
+    ran = {name: [i for i in ids if i in (ops["logs"] / f"{name}.log").read_text()] for name in ("worker-a", "worker-b")}
+    assert ran["worker-a"] and ran["worker-b"], ran
+    assert "Traceback" not in (ops["logs"] / "server.log").read_text(errors="replace")  # no lock races to excuse
 
 
 def test_credentials_blocks_typed_and_legacy(ops):
