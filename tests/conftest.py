@@ -4,6 +4,7 @@ alone (--no-prefect) or as a Prefect flow run."""
 from __future__ import annotations
 
 import fcntl
+import inspect
 import os
 import shutil
 import socket
@@ -70,8 +71,29 @@ def prefect_api(tmp_path_factory):
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
+            drain_prefect_workers()  # logs and events this process still holds go out before the server stops
     finally:
         server.stop()
+
+
+def drain_prefect_workers() -> None:
+    """What Prefect's own test harness does before it stops its server (this fixture replaces the harness to
+    choose the server's database): flush the API log and events workers, or they print 'Error logging to API'."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain():
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # the worker never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+    run_coro_as_sync(drain())
 
 
 class MotoStore(MotoS3):
