@@ -3,6 +3,7 @@ worker under pytest-xdist), started on first use; and the download CLI, run the 
 alone (--no-prefect) or as a Prefect flow run."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import inspect
 import os
@@ -37,7 +38,7 @@ def free_port() -> int:
 def migrated_prefect_db(tmp_path_factory, dest: Path) -> Path:
     """A copy at `dest` of a SQLite database with Prefect's migrations applied. The template is made once per
     session (under pytest-xdist the first worker to ask makes it under a lock, the others wait): each server the
-    suite starts on a copy skips the ~7 s of CPU its migrations cost, and the suite starts nine of them."""
+    suite starts on a copy skips the ~7 s of CPU its migrations cost (one per xdist worker)."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     template = root / "prefect-migrated.db"
@@ -45,12 +46,14 @@ def migrated_prefect_db(tmp_path_factory, dest: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not template.exists():
             partial = root / "prefect-migrating.db"
+            for left in root.glob("prefect-migrating.db*"):  # from a worker that failed here before
+                left.unlink()
             env = dict(os.environ, PREFECT_HOME=str(root / "prefect-migrating-home"),
                        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{partial}")
             done = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env,
                                   capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
             assert done.returncode == 0, done.stdout + done.stderr
-            with sqlite3.connect(partial) as db:  # everything in the main file: the copy takes that file alone
+            with contextlib.closing(sqlite3.connect(partial)) as db:  # all in the main file: the copy takes it alone
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             partial.rename(template)
     dest.parent.mkdir(parents=True, exist_ok=True)

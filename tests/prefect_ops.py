@@ -180,10 +180,13 @@ def postgres_cluster():
     data, port = os.path.join(folder, "data"), free_port()
     init = subprocess.run(as_user + [pg_bin("initdb"), "-D", data, "-A", "trust", "-U", "prefect", "-E", "UTF8"],
                           capture_output=True, text=True, timeout=120)
-    assert init.returncode == 0, init.stdout + init.stderr
-    server = subprocess.Popen(as_user + [pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1",
-                                         "-k", folder], stdout=open(os.path.join(folder, "pg.log"), "w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    if init.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise AssertionError(init.stdout + init.stderr)
+    with open(os.path.join(folder, "pg.log"), "w") as log:
+        server = subprocess.Popen(as_user + [pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1",
+                                             "-k", folder], stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
         psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "-d", "postgres", "-tAc"]
         wait_for("postgres to accept connections", lambda: subprocess.run(

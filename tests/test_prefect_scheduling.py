@@ -34,7 +34,7 @@ def ops(tmp_path_factory, s3):
     config["deployments"].append(entry)
     copy = out.parent / "prefect.yaml"
     copy.write_text(yaml.safe_dump(config))
-    with ops_server(tmp_path_factory, s3, prefect_file=copy, migrated=True) as found:
+    with ops_server(tmp_path_factory, s3, prefect_file=copy) as found:
         yield dict(found, scheduled={"bucket": bucket, "out": out})
 
 
