@@ -33,6 +33,7 @@ from bridge.source import PluginSource
 from core.engine import MiB, Engine
 from core.errors import UsageError
 from core.model import MANIFEST_NAME, Plan
+from core.network import Network
 from core.naming import UniquePaths, clean_segment
 from core.paths import prepare_output
 from core.report import human_bytes
@@ -75,6 +76,9 @@ class BridgeSettings:
     feishu_base_url: str | None = None  # the Open API; None: Feishu's own
     api_requests_per_second: float = 2.0  # the personal base token's limit
     retry_backoff: float = 1.0
+    # An http:// proxy for the downloads and the Open API (the desktop app's field); None: the environment's
+    # (and on Windows/macOS the system's), '' none. May hold a password: never logged.
+    proxy: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -367,7 +371,12 @@ class BridgeService:
         self.recorder = JobRecorder()
         if s.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: other machines on the network can reach this service", s.host)
-        self.engine = Engine(s.download_concurrency, s.http_connect_timeout, s.download_read_timeout).__enter__()
+        try:
+            network = Network.for_api(s.proxy, "the proxy setting")
+        except UsageError as exc:
+            raise StartError("bad_proxy", str(exc), reason=str(exc)) from None
+        self.engine = Engine(s.download_concurrency, s.http_connect_timeout, s.download_read_timeout,
+                             network=network).__enter__()
         try:
             self._server = self.engine.run(self._listen())
         except OSError as exc:
@@ -439,7 +448,8 @@ class BridgeService:
             s = self.settings
             self._feishu = FeishuClient(s.feishu_base_url or DOMAINS["feishu"], s.personal_base_token,
                                         s.api_requests_per_second, s.http_connect_timeout,
-                                        s.download_read_timeout, backoff=s.retry_backoff)
+                                        s.download_read_timeout, backoff=s.retry_backoff,
+                                        network=self.engine.network)
         return self._feishu
 
     # -- one WebSocket connection -----------------------------------------------------------------

@@ -8,12 +8,13 @@ import json
 import os
 import re
 import socket
+import ssl
 import sys
 
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
-                   "TooManyRequests", "RequestTimeTooSkewed",
+                   "TooManyRequests",
                    "99991400"}  # Feishu: "request trigger frequency limit"
 
 
@@ -37,14 +38,30 @@ class DownloadError(Exception):
 
 
 class HTTPStatusError(DownloadError):
-    def __init__(self, status: int, code: str = "", message: str = ""):
+    def __init__(self, status: int, code: str = "", message: str = "", date: str = ""):
         self.status, self.code = status, code
+        self.date = date  # the answer's Date header: the store's clock
         text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         super().__init__(text, retryable=status >= 500 or status in (408, 429) or code in RETRYABLE_CODES)
 
     @property
     def expired(self) -> bool:
         return self.status in (400, 403) and "expired" in str(self).lower()
+
+
+class ProxyRefused(HTTPStatusError):
+    """The proxy answered the request (or its CONNECT) itself: 407 (credentials), 403 (not allowed there),
+    5xx (it could not reach the server: worth another try, like any connection failure)."""
+
+    def __init__(self, status: int, proxy=None):
+        super().__init__(status)
+        self.proxy = proxy
+        reason = _PROXY_REASONS.get(status, "")
+        self.args = (f"the proxy{' ' + str(proxy) if proxy else ''} answered {status}{' ' + reason if reason else ''}",)
+
+
+_PROXY_REASONS = {403: "Forbidden", 407: "Proxy Authentication Required", 502: "Bad Gateway",
+                  503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 class IntegrityError(DownloadError):
@@ -67,6 +84,10 @@ class LocalPathError(DownloadError):
     """The local file system refused (conflict, permissions, name too long, a symbolic link)."""
 
 
+class TLSError(DownloadError):
+    """The server's certificate (or the handshake) was refused: another attempt meets the same server."""
+
+
 class DiskFull(DownloadError):
     """No space left where the files go: never retried; it stops the whole run."""
 
@@ -84,18 +105,57 @@ _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,200})</Message>")
 
 
-def http_error(status: int, body: bytes) -> HTTPStatusError:
-    """Build an error from an error response body: S3/OSS XML (Code, Message) or Feishu JSON (code, msg)."""
+def http_error(status: int, body: bytes, date: str = "") -> HTTPStatusError:
+    """Build an error from an error response body: S3/OSS XML (Code, Message) or Feishu JSON (code, msg).
+    407 comes only from a proxy (a plain request through it, no CONNECT)."""
+    if status == 407:
+        return ProxyRefused(407)
     if (body or b"").lstrip().startswith(b"{"):
         try:
             value = json.loads(body)
-            return HTTPStatusError(status, str(value.get("code", "")), str(value.get("msg", ""))[:200])
+            return HTTPStatusError(status, str(value.get("code", "")), str(value.get("msg", ""))[:200], date)
         except (ValueError, AttributeError):
             pass
     code = _ERROR_CODE.search(body or b"")
     message = _ERROR_MESSAGE.search(body or b"")
     return HTTPStatusError(status, code.group(1).decode(errors="replace") if code else "",
-                           message.group(1).decode(errors="replace") if message else "")
+                           message.group(1).decode(errors="replace") if message else "", date)
+
+
+CLOCK_TOLERANCE = 300  # seconds: below this a refusal is not blamed on the local clock
+_TIME_REFUSALS = ("expired", "not yet valid", "not valid yet", "time too skewed", "timetooskewed")
+
+
+def clock_off(err: HTTPStatusError) -> UsageError | None:
+    """A signed request refused for its time while this machine's clock is far from the store's (its Date
+    header): the one line that says so and by how much. Presigned URLs then arrive expired or not yet valid
+    on every request, so no retry can help."""
+    text = f"{err.code} {err}".lower()
+    if err.status not in (400, 403) or not err.date or not any(word in text for word in _TIME_REFUSALS):
+        return None
+    import email.utils
+    import time
+    try:
+        store = email.utils.parsedate_to_datetime(err.date).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    off = time.time() - store
+    if abs(off) < CLOCK_TOLERANCE:
+        return None
+    return UsageError(f"the local clock is off: {_duration(abs(off))} {'ahead of' if off > 0 else 'behind'} the"
+                      f" store's (its Date: {err.date}), so signed requests arrive"
+                      f" {'not yet valid' if off > 0 else 'expired'} ({err.code or err.status}); set this machine's"
+                      " clock (NTP) and run again")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{round(hours / 24)} days"
 
 
 def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
@@ -119,13 +179,30 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
         return DownloadError("truncated body: connection closed before the whole object arrived", retryable=True)
     elif isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
         return DownloadError("connection reset", retryable=True)
+    elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return tls_error(exc.certificate_error)
+    elif isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return tls_error(exc.os_error)
+    elif isinstance(exc, aiohttp.ClientHttpProxyError):
+        return ProxyRefused(exc.status)
+    elif isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return DownloadError(f"cannot connect to the proxy: {exc.os_error.strerror or exc.os_error}", retryable=True)
     elif isinstance(exc, aiohttp.ClientConnectorError):
         return DownloadError(f"cannot connect: {exc.os_error.strerror or exc.os_error}", retryable=True)
     elif isinstance(exc, aiohttp.ClientError):
         return DownloadError(f"connection error: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, ssl.SSLError):
+        return tls_error(exc)
     if isinstance(exc, OSError):
         return _local_error(exc, folder)
     return DownloadError(f"{type(exc).__name__}: {exc}")
+
+
+def tls_error(exc: BaseException) -> TLSError:
+    """A certificate or handshake refused, in the same words from http.client, aiohttp and curl."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(f"TLS error: certificate verify failed: {exc.verify_message}")
+    return TLSError(f"TLS error: {getattr(exc, 'reason', None) or exc}"[:300])
 
 
 def _curl_error(pycurl, code: int = 0, message: str = "", os_errno: int = 0) -> DownloadError:
@@ -142,8 +219,10 @@ def _curl_error(pycurl, code: int = 0, message: str = "", os_errno: int = 0) -> 
         return DownloadError(f"cannot connect: {os.strerror(os_errno) if os_errno else 'refused'}", retryable=True)
     if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
         return DownloadError("cannot connect: the host name does not resolve", retryable=True)
-    if code in _CURL_TLS:  # a certificate, a cipher: another attempt meets the same server
-        return DownloadError(f"TLS error: {message}"[:300])
+    if code == pycurl.E_PEER_FAILED_VERIFICATION:
+        return TLSError(f"TLS error: certificate verify failed: {message.removeprefix('SSL certificate problem: ')}")
+    if code in _CURL_TLS:
+        return TLSError(f"TLS error: {message}"[:300])
     if code == pycurl.E_TOO_MANY_REDIRECTS:
         return DownloadError("too many redirects")
     if code in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
@@ -176,7 +255,8 @@ def _store_sdk_error(exc: BaseException) -> DownloadError | None:
             return DownloadError("timeout" if "timed out" in text.lower() else "connection error",
                                  retryable=True)
         if isinstance(exc, ox.OssError):
-            return HTTPStatusError(exc.status or 400, exc.code or "", (exc.message or "")[:200])
+            return HTTPStatusError(exc.status or 400, exc.code or "", (exc.message or "")[:200],
+                                   (getattr(exc, "headers", None) or {}).get("date", ""))
     return None
 
 

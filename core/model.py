@@ -90,11 +90,13 @@ class Settings:
 class Job:
     """A whole run as data — picklable, and without secrets: what to read (a source spec: StoreConfig, or
     FeishuSpec), what to plan, how hard to push. `secret` names where the source's secret is kept (a Prefect
-    block) when it is not in the process's environment."""
+    block) when it is not in the process's environment; `proxy_block` where the proxy URL is (it may hold a
+    password), when the environment's is not the one."""
     plan: Plan
     settings: Settings
     source: object
     secret: str | None = None
+    proxy_block: str | None = None
 
 
 _COUNTED = ("listed", "filtered_out", "already_present", "downloaded", "failed", "restore_required", "bytes",

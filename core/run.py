@@ -79,7 +79,7 @@ def open_run(plan: Plan, settings: Settings | Engine, source: Source | Callable[
              owner: dict | None = None, events: Events | None = None) -> Run:
     """Take the output (its lock: UsageError when another run holds it), open its manifest, start an
     engine with the settings (or share a running one). `source` may be made from the engine (a source
-    that calls APIs on the engine's loop)."""
+    that calls APIs on the engine's loop). The engine reaches servers through the source's network."""
     out = Output(plan.output, plan.shard, owner=owner)
     try:
         manifest = Manifest(plan.output, plan.manifest_name)
@@ -87,7 +87,7 @@ def open_run(plan: Plan, settings: Settings | Engine, source: Source | Callable[
         out.close()
         raise
     shared = isinstance(settings, Engine)
-    engine = settings if shared else engine_for(settings).__enter__()
+    engine = settings if shared else engine_for(settings, source.network).__enter__()
     try:
         made = source(engine) if callable(source) and not isinstance(source, Source) else source
     except BaseException:
@@ -317,7 +317,7 @@ def preview(plan: Plan, settings: Settings, source: Source | Callable[[Engine], 
     """What a run would download (the dry run, the interactive preview): count, size, already here, to
     fetch, largest, first keys. Lists everything; writes nothing, not even the output folder."""
     result = Preview()
-    with engine_for(settings) as engine, earlier_run(plan) as (manifest, out):
+    with engine_for(settings, source.network) as engine, earlier_run(plan) as (manifest, out):
         made = source(engine) if callable(source) and not isinstance(source, Source) else source
         try:
             for page in listing.pages(made, lambda token, _: listing.list_page(

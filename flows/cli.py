@@ -143,6 +143,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     store.add_argument("--addressing-style", choices=["auto", "path", "virtual"],
                        help="S3 bucket addressing. Default: auto")
     store.add_argument("--cname", action="store_true", help="OSS: the endpoint is a custom domain bound to the bucket")
+    net = p.add_argument_group("network (README: Networks)")
+    net.add_argument("--proxy", metavar="URL",
+                     help="an http:// proxy for every request to the store (http://user:password@host:port),"
+                          " over HTTP_PROXY/HTTPS_PROXY/ALL_PROXY; NO_PROXY still applies; '' = no proxy")
+    net.add_argument("--ca-bundle", metavar="PATH",
+                     help="certificates (PEM file or folder) to trust for the store, over AWS_CA_BUNDLE,"
+                          " REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and SSL_CERT_FILE")
+    net.add_argument("--no-verify-ssl", action="store_true",
+                     help="do not verify the store's TLS certificates (insecure: for tests)")
+    if prefect:
+        net.add_argument("--proxy-block", metavar="NAME",
+                         help="a Prefect Secret block holding the proxy URL (deployments: no password in parameters)")
     store.add_argument("--credentials-block", metavar="NAME",
                        help="a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
                             " or a Secret holding JSON {access_key_id, secret_access_key, session_token};"
@@ -196,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     yes = given.pop("yes", False)
+    if "proxy" in given:  # the product's own variable: this process's clients (and the flow run in it), not Prefect's
+        os.environ["OSSDL_PROXY"] = given.pop("proxy")
     prefect = not given.pop("no_prefect", False) and prefect_available()
     if "credentials_block" in given and not prefect_available():
         print(f"error: {NO_PREFECT_BLOCK}", file=sys.stderr)
@@ -290,6 +304,9 @@ def prefect_available() -> bool:
 
 def _run(given: dict, yes: bool, terminal: bool, session: Session, prefect: bool) -> int:
     params, source, listed = _params_checked(given, terminal, session)
+    if params.no_verify_ssl:
+        from core.network import NO_VERIFY_WARNING
+        print(f"warning: {NO_VERIFY_WARNING}", file=sys.stderr)
     if listed is False:
         # An empty prefix: the summary, the warning (or exit 3) and the work area's upkeep come from the core
         # in a fraction of a second; a flow run would add Prefect's start-up (seconds) for nothing.

@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from core.errors import NothingSelected
+from core.network import NO_VERIFY_WARNING
 from core.paths import prepare_output
 from core.report import Preview, Summary, nothing_selected
 from flows.params import DownloadParams, with_deployment_defaults
@@ -27,6 +28,8 @@ from tasks.artifacts import final_state
 @flow(name="object-download", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS), persist_result=False)
 def download_objects(params: DownloadParams) -> Summary | Preview:
     params = with_deployment_defaults(params)
+    if params.no_verify_ssl:
+        get_run_logger().warning(NO_VERIFY_WARNING)
     job = params.job(str(flow_run.id or uuid.uuid4().hex))
     if params.dry_run:  # a dry run creates nothing, not even the output folder
         return _check_selected(preview_all(job), params)

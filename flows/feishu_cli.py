@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-timeout", type=float, help="seconds, 0 = none (default 60)")
     p.add_argument("--dry-run", action="store_true", help="list and preview only")
     p.add_argument("--page-size", type=int, help="records per listing page, 1-500 (default 500)")
+    p.add_argument("--proxy", metavar="URL",
+                   help="an http:// proxy for the Open API and the downloads, over HTTPS_PROXY/HTTP_PROXY/ALL_PROXY"
+                        " (NO_PROXY still applies); '' = no proxy")
+    p.add_argument("--proxy-block", metavar="NAME", help="a Prefect Secret block holding the proxy URL")
     p.add_argument("--no-prefect", action="store_true",
                    help="download without Prefect (no flow run, no server): same files, summary, CSV and exit codes")
     return p
@@ -63,10 +67,13 @@ def params_from_args(values: dict):
 
 def check_source(params) -> None:
     """Token, base, table and fields checked before Prefect starts: bad input costs no flow run."""
+    from pathlib import Path
+
     from core.engine import Engine
-    from tasks.credentials import personal_base_token
-    with Engine(1) as engine:
-        source = params.spec().source(personal_base_token(params.token_block), engine)
+    from tasks.runs import source_of
+    make = source_of(params.job("check", Path(params.output)))
+    with Engine(1, network=make.network) as engine:
+        source = make(engine)
         try:
             source.check()
         finally:
@@ -77,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     values = vars(build_parser().parse_args(argv))
+    if "proxy" in values:  # the product's own variable (core/network.py): not Prefect's client
+        os.environ["OSSDL_PROXY"] = values.pop("proxy")
     prefect = not values.pop("no_prefect", False) and prefect_available()
-    if "token_block" in values and not prefect:
-        print("error: --token-block reads a Prefect Secret block, which needs Prefect (this run has none):"
-              " set PERSONAL_BASE_TOKEN instead", file=sys.stderr)
+    if ("token_block" in values or "proxy_block" in values) and not prefect:
+        print("error: --token-block and --proxy-block read Prefect Secret blocks, which need Prefect (this run has"
+              " none): set PERSONAL_BASE_TOKEN and --proxy instead", file=sys.stderr)
         return 2
     session = Session()
     on_ctrl_c(session)

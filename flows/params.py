@@ -63,6 +63,17 @@ class DownloadParams(BaseModel):
         description="Name of a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
                     " or a Secret holding JSON {access_key_id, secret_access_key, session_token}; 'type/name'"
                     " picks one type. Empty: environment variables / profile of the worker.")
+    ca_bundle: str = Field("", title="CA bundle",
+                           description="A PEM file (or folder) of the certificates to trust for the store; empty:"
+                                       " AWS_CA_BUNDLE (s3), REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, SSL_CERT_FILE,"
+                                       " then the system's.")
+    no_verify_ssl: bool = Field(False, title="Do not verify TLS certificates",
+                                description="Accept any certificate from the store (never for the Feishu API);"
+                                            " insecure, for tests only.")
+    proxy_block: str | None = Field(
+        None, title="Proxy block",
+        description="Name of a Prefect Secret block holding the proxy URL (http://user:password@host:port; '' for"
+                    " none). Empty: the worker's environment (OSSDL_PROXY, HTTPS_PROXY, HTTP_PROXY, NO_PROXY).")
     start_after: str = Field("", title="Shard start (exclusive)", description="Only keys after this one.")
     end_before: str = Field("", title="Shard end (exclusive)", description="Only keys before this one.")
     shard: str | None = Field(None, title="Shard name", pattern=r"^[A-Za-z0-9_-]{1,64}$",
@@ -82,7 +93,8 @@ class DownloadParams(BaseModel):
                            region=self.region, profile=self.profile, addressing_style=self.addressing_style,
                            cname=self.cname,
                            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                           start_after=self.start_after, end_before=self.end_before)
+                           start_after=self.start_after, end_before=self.end_before,
+                           ca_bundle=self.ca_bundle, verify_ssl=not self.no_verify_ssl)
 
     def settings(self) -> Settings:
         return Settings(self.concurrency, self.connect_timeout, self.read_timeout, self.max_requests_per_second,
@@ -95,7 +107,7 @@ class DownloadParams(BaseModel):
 
     def job(self, run_id: str) -> Job:
         """The run as data for the runner and its tasks: no secret, only the name of its block."""
-        return Job(self.plan(run_id), self.settings(), self.store_config(), self.credentials_block)
+        return Job(self.plan(run_id), self.settings(), self.store_config(), self.credentials_block, self.proxy_block)
 
 
 def with_deployment_defaults(params: DownloadParams) -> DownloadParams:
@@ -152,6 +164,9 @@ class FeishuParams(BaseModel):
     connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
     read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
     dry_run: bool = Field(False, title="Dry run", description="List and preview only.")
+    proxy_block: str | None = Field(
+        None, title="Proxy block",
+        description="Name of a Prefect Secret block holding the proxy URL; empty: the worker's environment.")
     page_size: int = Field(500, ge=1, le=500, title="Records per page", description="Listing page size (max 500).")
 
     @property
@@ -177,4 +192,4 @@ class FeishuParams(BaseModel):
         plan = Plan(output / self.folder_name, run_id, max_attempts=self.max_attempts,
                     retry_backoff=self.retry_backoff, path_column=True, prefix=f"{self.table_id} records")
         settings = Settings(self.concurrency, self.connect_timeout, self.read_timeout)
-        return Job(plan, settings, self.spec(), self.token_block)
+        return Job(plan, settings, self.spec(), self.token_block, self.proxy_block)

@@ -105,8 +105,11 @@ class FeishuServer:
     """Fake Feishu Open API. ``base_url`` is the Open API root; API paths start with ``/open-apis``."""
 
     def __init__(self, token: str = GOOD_TOKEN, rate_per_second: float = 2.0, link_ttl: float = 300.0,
-                 max_tmp_tokens: int = 5):
+                 max_tmp_tokens: int = 5, host_name: str = "127.0.0.1"):
         self.token = token
+        # The name in base_url and in every link handed out; a name under .test is reached only through the
+        # test proxy (infra/proxy.py), like an Open API that resolves only inside a company network.
+        self.host_name = host_name
         self.rate_per_second = rate_per_second
         self.link_ttl = link_ttl
         self.max_tmp_tokens = max_tmp_tokens
@@ -194,7 +197,7 @@ class FeishuServer:
     def base_url(self) -> str:
         if self._port is None:
             raise RuntimeError("FeishuServer is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://{self.host_name}:{self._port}"
 
     # ------------------------------------------------------------------ data setup (sync, any thread)
     def add_table(self, app_token: str, table_id: str, fields: list[dict]) -> None:

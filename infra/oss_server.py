@@ -1,4 +1,4 @@
-"""A small Aliyun OSS look-alike on 127.0.0.1 for end-to-end tests, speaking what the `oss2` SDK uses.
+"""A small Aliyun OSS look-alike on 127.0.0.1 (or ::1) for end-to-end tests, speaking what the `oss2` SDK uses.
 
 Why not a mock: the downloader talks to OSS through oss2 (and through plain HTTP clients with signed
 URLs), so the tests want a real socket, real HTTP/1.1 keep-alive, real signatures and real failures.
@@ -12,7 +12,9 @@ This server implements, in memory:
   Signature), V4 header (`OSS4-HMAC-SHA256 ...`) and V4 query (x-oss-signature-version=...), with STS
   security tokens. The strings to sign mirror oss2/auth.py, so a client signing bug fails a test;
 * OSS's error XML, archive-class objects that refuse GETs, multipart and KMS-encrypted objects
-  (whose ETags are not MD5s), and injected faults on object GETs and on listings (infra.faults).
+  (whose ETags are not MD5s), and injected faults on object GETs and on listings (infra.faults);
+* path-style addressing (`/bucket/key`), a CNAME bucket, or, with `endpoint_host`, virtual-hosted
+  addressing (`Host: <bucket>.<endpoint_host>`); and a clock that may be off (`clock_offset`).
 
 Only GET and HEAD are served; objects are added from Python with `put()` / `put_multipart()`.
 """
@@ -73,7 +75,9 @@ FAULT_KINDS = {**OBJECT_FAULTS, "bad_crc": {}}
 SSE_MODES = ("AES256", "KMS")
 _KMS_KEY_ID = "9468da86-3509-4f8d-a61e-6eab1eac2d2c"   # reported for KMS objects, like a real CMK id
 _OWNER_ID = "1283641064516515"
-_MAX_SKEW = 15 * 60   # OSS rejects header-signed requests whose date is >15 min off (RequestTimeTooSkewed)
+# OSS rejects header-signed requests whose date is >15 min off (RequestTimeTooSkewed), and V4 URLs whose
+# x-oss-date is >15 min in its future (EC 0002-00000235).
+_MAX_SKEW = 15 * 60
 
 
 @dataclass
@@ -106,17 +110,30 @@ class _OssError(Exception):
 
 
 class OssServer:
-    """An in-memory OSS endpoint on 127.0.0.1:<free port>. Use as a context manager (or start/stop).
+    """An in-memory OSS endpoint on <host>:<free port>. Use as a context manager (or start/stop).
 
     With `cname_bucket`, every request path is a key of that bucket, as for a custom domain bound to it.
     Note oss2 ignores is_cname=True for IP/localhost endpoints (it builds path-style URLs for them), so
     point oss2 at a host name and route it here through a proxy, e.g.
     oss2.Bucket(auth, "http://cdn.example.com", cname_bucket, is_cname=True, proxies=server.proxies);
     plain HTTP clients can use f"{server.endpoint}/{key}" directly.
+
+    With `endpoint_host` (a host name such as "oss-cn-hangzhou.aliyuncs.test"), a request whose Host is
+    `<bucket>.<endpoint_host>[:port]` addresses that bucket and its whole path is the key, as on real OSS;
+    Host `<endpoint_host>` is path style. Other hosts (IPs, localhost, ...) keep path style (or the CNAME
+    bucket). oss2.Bucket(auth, server.named_endpoint, bucket, proxies=server.proxies) builds such URLs.
+
+    `clock_offset` (seconds, settable at any time): the server's clock is time.time() + clock_offset, for
+    every expiry and skew check and for the Date header of every answer. `host`: the address to listen
+    on, "127.0.0.1" or e.g. "::1".
     """
 
-    def __init__(self, cname_bucket: str | None = None):
+    def __init__(self, cname_bucket: str | None = None, *, endpoint_host: str | None = None,
+                 clock_offset: float = 0.0, host: str = "127.0.0.1"):
         self.cname_bucket = cname_bucket
+        self.endpoint_host = endpoint_host.lower().rstrip(".") if endpoint_host else None
+        self.clock_offset = clock_offset
+        self.host = host
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
         # key id -> (secret, STS token or None)
@@ -137,7 +154,7 @@ class OssServer:
     def start(self) -> "OssServer":
         if self._httpd is None:
             self._stopping.clear()
-            httpd = _QuietServer(("127.0.0.1", 0), _Handler)
+            httpd = (_QuietServer6 if ":" in self.host else _QuietServer)((self.host, 0), _Handler)
             httpd.daemon_threads = True   # idle keep-alive connections must not block shutdown
             httpd.oss = self              # type: ignore[attr-defined]
             self._httpd = httpd
@@ -168,7 +185,18 @@ class OssServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+
+    @property
+    def named_endpoint(self) -> str:
+        """http://<endpoint_host>:<port>, for oss2 (virtual-hosted URLs) together with `proxies`."""
+        if not self.endpoint_host:
+            raise RuntimeError("OssServer has no endpoint_host")
+        return f"http://{self.endpoint_host}:{self.port}"
+
+    def now(self) -> float:
+        """The server's clock."""
+        return time.time() + self.clock_offset
 
     @property
     def proxies(self) -> dict[str, str]:
@@ -231,7 +259,7 @@ class OssServer:
             if bucket not in self._buckets:
                 raise KeyError(f"no bucket {bucket!r}; call create_bucket first")
             b = self._buckets[bucket]
-            now, old = time.time(), b.objects.get(key)
+            now, old = self.now(), b.objects.get(key)
             if old is not None and int(now) <= int(old.last_modified):
                 now = int(old.last_modified) + 1.0
             if old is None:
@@ -366,7 +394,8 @@ def _v4_encode(text: str, keep_slash: bool) -> str:
 
 
 def _iso8601(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
+    # Clamped: a client may send any Expires, and an error answer must not become a 500.
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(min(max(ts, 0), 253402300799)))
 
 
 def _parse_query(query: bytes) -> list[tuple[str, str]]:
@@ -425,11 +454,19 @@ class _QuietServer(ThreadingHTTPServer):
         pass
 
 
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"      # keep-alive, like OSS; every response carries Content-Length
 
     def version_string(self) -> str:
         return "AliyunOSS"
+
+    def date_time_string(self, timestamp=None) -> str:
+        # send_response's Date header: on every answer, errors included, by the server's (offset) clock.
+        return formatdate(self.server.oss.now() if timestamp is None else timestamp, usegmt=True)
 
     def log_message(self, format, *args) -> None:   # quiet: tests read stderr
         pass
@@ -515,10 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _OssError(400, "InvalidObjectName", "The object name is not valid UTF-8.")
         if not path.startswith("/"):
             raise _OssError(400, "InvalidURI", "Couldn't parse the specified URI.")
-        if oss.cname_bucket:
-            bucket_name, key = oss.cname_bucket, path[1:]
-        else:
-            bucket_name, _, key = path[1:].partition("/")
+        bucket_name, key = self._address(oss, path)
         if not bucket_name:
             raise _OssError(501, "NotImplemented", "Service-level operations are not implemented by this test server.")
         bucket = oss._bucket(bucket_name)
@@ -537,6 +571,27 @@ class _Handler(BaseHTTPRequestHandler):
                 self._list_objects(oss, bucket_name, bucket, params)
             return
         self._get_object(oss, bucket_name, bucket, key)
+
+    def _address(self, oss: OssServer, path: str) -> tuple[str, str]:
+        """(bucket, key). The Host header decides, also for absolute-form targets (sent via a proxy)."""
+        if oss.endpoint_host:
+            host = self.headers.get("Host", "").strip().lower()
+            if host.startswith("["):
+                hostname = host[1: host.find("]")]
+            else:
+                hostname = host.partition(":")[0]
+            if hostname.endswith("." + oss.endpoint_host):
+                bucket = hostname[: -len(oss.endpoint_host) - 1]
+                if "." in bucket:
+                    raise _OssError(400, "InvalidBucketName", "The specified bucket is not valid.", BucketName=bucket)
+                return bucket, path[1:]
+            if hostname == oss.endpoint_host:
+                bucket, _, key = path[1:].partition("/")
+                return bucket, key
+        if oss.cname_bucket:
+            return oss.cname_bucket, path[1:]
+        bucket, _, key = path[1:].partition("/")
+        return bucket, key
 
     # ----- listing -----------------------------------------------------------------------------------
     def _list_objects(self, oss: OssServer, name: str, bucket: _Bucket, params: dict[str, str]) -> None:
@@ -761,6 +816,20 @@ class _Auth:
                 raise _OssError(403, "InvalidSecurityToken", "The security token you provided is invalid.")
         return secret
 
+    def _check_skew(self, when: float) -> None:
+        now = self.oss.now()
+        if abs(now - when) > _MAX_SKEW:
+            raise _OssError(403, "RequestTimeTooSkewed",
+                            "The difference between the request time and the current time is too large.",
+                            MaxAllowedSkewMilliseconds=str(_MAX_SKEW * 1000), RequestTime=_iso8601(when),
+                            ServerTime=_iso8601(now), EC="0002-00000504")
+
+    def _check_expiry(self, expires_at: int) -> None:
+        now = self.oss.now()
+        if expires_at < now:
+            raise _OssError(403, "AccessDenied", "Request has expired.", Expires=_iso8601(expires_at),
+                            ServerTime=_iso8601(now), EC="0002-00000069")
+
     @staticmethod
     def _mismatch(key_id: str, string_to_sign: str, **extra: str) -> _OssError:
         return _OssError(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
@@ -795,9 +864,7 @@ class _Auth:
             when = parsedate_to_datetime(date).timestamp()
         except (TypeError, ValueError):
             raise _OssError(403, "AccessDenied", "OSS authentication requires a valid Date.")
-        if abs(time.time() - when) > _MAX_SKEW:
-            raise _OssError(403, "RequestTimeTooSkewed",
-                            "The difference between the request time and the current time is too large.")
+        self._check_skew(when)
         self._v1_verify(key_id, signature, secret, date)
 
     def _v1_query(self) -> None:
@@ -807,11 +874,10 @@ class _Auth:
             raise _OssError(403, "AccessDenied", "Signed URLs need OSSAccessKeyId, Expires and Signature.")
         secret = self._secret(key_id, self.params.get("security-token") or self.headers.get("x-oss-security-token"))
         try:
-            expired = int(expires) < time.time()
+            expires_at = int(expires)
         except ValueError:
             raise _OssError(403, "AccessDenied", "Expires is not a number.")
-        if expired:
-            raise _OssError(403, "AccessDenied", "Request has expired.", Expires=expires)
+        self._check_expiry(expires_at)
         # sign_url puts Expires where a header-signed request has its Date.
         self._v1_verify(key_id, signature, secret, self.headers.get("x-oss-date") or expires)
 
@@ -844,16 +910,18 @@ class _Auth:
             raise _OssError(403, "AccessDenied", "The date in the credential scope does not match x-oss-date.")
         secret = self._secret(key_id, token)
         if header is not None:
-            if abs(time.time() - when) > _MAX_SKEW:
-                raise _OssError(403, "RequestTimeTooSkewed",
-                                "The difference between the request time and the current time is too large.")
+            self._check_skew(when)
         else:
             try:
                 expires = int(query.get("x-oss-expires", ""))
             except ValueError:
                 raise _OssError(403, "AccessDenied", "x-oss-expires is missing or malformed.")
-            if when + expires < time.time():
-                raise _OssError(403, "AccessDenied", "Request has expired.")
+            now = self.oss.now()
+            if when - now > _MAX_SKEW:
+                raise _OssError(403, "AccessDenied", "Request is not yet valid: x-oss-date is later than the "
+                                "current time.", RequestTime=_iso8601(when), ServerTime=_iso8601(now),
+                                EC="0002-00000235")
+            self._check_expiry(int(when) + expires)
 
         # Canonical request, as oss2.auth.ProviderAuthV4.__get_canonical_request_bytes builds it.
         signed_pairs = [(k, v) for k, v in self.pairs if not (query is not None and k == "x-oss-signature")]

@@ -9,6 +9,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.states import Failed
 
 from core.errors import ObjectsFailed
+from core.network import Proxies
 from core.report import Preview, Summary, md_cell
 
 SUMMARY_KEY = "download-summary"
@@ -16,14 +17,15 @@ FAILURES_KEY = "download-failures"
 FAILED_CSV_KEY = "download-failed-csv"
 PREVIEW_KEY = "download-preview"
 
-def publish_summary(summary: Summary, first_rows: list[list]) -> None:
+def publish_summary(summary: Summary, first_rows: list[list], proxies: Proxies | None = None) -> None:
+    """`proxies`: the run's (for the CSV's upload to result storage); None: the environment's."""
     create_table_artifact([{"metric": name, "value": value} for name, value in summary.rows()],
                           key=SUMMARY_KEY, description="Download summary")
     if summary.failed_csv:
         create_table_artifact([{"key": k, "last_error": e, "retry_count": n} for k, e, n in first_rows],
                               key=FAILURES_KEY,
                               description=f"First {len(first_rows)} of {summary.failed} failures")
-        link, where = failed_csv_link(Path(summary.failed_csv))
+        link, where = failed_csv_link(Path(summary.failed_csv), proxies)
         create_link_artifact(link, link_text=summary.failed_csv, key=FAILED_CSV_KEY,
                              description=f"Full failure list (key,last_error,retry_count), {where}")
     else:
@@ -44,7 +46,7 @@ def final_state(result):
 LINK_SECONDS = 7 * 24 * 3600
 
 
-def failed_csv_link(csv_path: Path) -> tuple[str, str]:
+def failed_csv_link(csv_path: Path, proxies: Proxies | None = None) -> tuple[str, str]:
     """A link to the full failure CSV, and where it leads. With Prefect's default result storage set to an
     S3 bucket block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/NAME, prefect-aws), the CSV is uploaded
     there and the link is a presigned HTTPS URL any browser can open; otherwise it is the file on the
@@ -62,6 +64,10 @@ def failed_csv_link(csv_path: Path) -> tuple[str, str]:
                                  " file on the worker", slug)
         return local
     try:
+        params = storage.credentials.aws_client_parameters
+        params.config = {**(params.config or {}),  # the product's proxy reading, as for every other request
+                         "proxies": (proxies or Proxies.from_environment()).botocore(
+                             params.endpoint_url or "https://s3.amazonaws.com")}
         key = storage.upload_from_path(csv_path, f"download-failures/{flow_run.id or 'local'}/{csv_path.name}",
                                        ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
         client = storage.credentials.get_s3_client()

@@ -84,3 +84,17 @@ def personal_base_token(block_name: str | None = None) -> str:
         raise UsageError("no personal base token: set PERSONAL_BASE_TOKEN (environment or .env)"
                          " or name a Prefect Secret block")
     return token
+
+
+def proxy_from_block(block_name: str) -> str:
+    """The proxy URL held by a Prefect Secret block (it may carry a password: never a flow-run parameter);
+    '' in the block means no proxy."""
+    from prefect.blocks.system import Secret
+    try:
+        value = Secret.load(block_name).get()
+    except ValueError:
+        raise UsageError(f"proxy block {block_name!r} not found (create a Secret block holding the proxy URL)") \
+            from None
+    if isinstance(value, dict):
+        value = value.get("proxy") or value.get("url") or ""
+    return str(value or "")

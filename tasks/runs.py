@@ -13,7 +13,8 @@ import threading
 
 from core import run as core_run
 from core.model import Job
-from core.sources import StoreConfig, make_source
+from core.network import Network
+from core.sources import Deferred, StoreConfig, make_source
 
 log = logging.getLogger(__name__)
 _runs: dict[str, core_run.Run] = {}
@@ -21,19 +22,25 @@ _lock = threading.Lock()
 
 
 def source_of(job: Job):
-    """The live source of a job (or a maker of it, given the engine), its secret loaded in this process."""
+    """The live source of a job (or a maker of it, given the engine), its secret and proxy loaded in this
+    process."""
     spec = job.source
+    proxy = None
+    if job.proxy_block:
+        from tasks.credentials import proxy_from_block
+        proxy = proxy_from_block(job.proxy_block)
     if isinstance(spec, StoreConfig):
         from tasks.credentials import load_block_credentials
         credentials = load_block_credentials(job.secret) if job.secret else {}
-        return make_source(dataclasses.replace(spec, credentials=credentials))
+        return make_source(dataclasses.replace(spec, credentials=credentials, proxy=proxy))
     # A FeishuSpec exists only once its module is imported (by whoever made the job, or by unpickling it), so an
     # S3 or OSS run does not import the Feishu source (~8 ms of an empty prefix's start-up).
     feishu = sys.modules.get("core.sources.feishu")
     if feishu is not None and isinstance(spec, feishu.FeishuSpec):
         from tasks.credentials import personal_base_token
         token = personal_base_token(job.secret)
-        return lambda engine: spec.source(token, engine)
+        return Deferred(lambda engine: spec.source(token, engine),
+                        Network.for_api(proxy, f"proxy block {job.proxy_block!r}"))
     raise TypeError(f"no source for {type(spec).__name__}")
 
 

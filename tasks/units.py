@@ -84,8 +84,9 @@ def retry_failed(job: Job, first: str, last: str):
 @unit(name="report")
 def report(job: Job, counts: Counts, seconds: float, incomplete: str = "", extra_rows: list[list] = (),
            notes: list[str] = ()) -> Summary:
-    summary, first_rows = core_run.finish(open_job(job), counts, seconds, incomplete, list(extra_rows), list(notes))
-    artifacts.publish_summary(summary, first_rows)
+    run = open_job(job)
+    summary, first_rows = core_run.finish(run, counts, seconds, incomplete, list(extra_rows), list(notes))
+    artifacts.publish_summary(summary, first_rows, run.engine.network.proxies)
     return summary
 
 

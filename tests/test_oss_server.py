@@ -10,7 +10,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from email.utils import formatdate
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ import requests
 from oss2.credentials import StaticCredentialsProvider
 from oss2.utils import Crc64
 
+from core.sources.ossv1 import OssV1Signer
 from infra.oss_server import ACCESS_KEY, SECRET_KEY, OssServer
 
 BUCKET = "bulk-bucket"
@@ -697,3 +700,225 @@ def test_trickle_ends_when_the_server_stops():
     # stop() returned; the trickle let go of its 60-second wait.
     assert wait_until(lambda: own.in_flight == 0)
     sock.close()
+
+
+# ----- virtual-hosted addressing ------------------------------------------------------------------------
+
+ENDPOINT_HOST = "oss-cn-hangzhou.aliyuncs.test"
+VH_KEY = "dir/中文 k+1.txt"
+
+
+@pytest.fixture(scope="module")
+def vhost():
+    with OssServer(endpoint_host=ENDPOINT_HOST) as s:
+        for name in ("vh-a", "vh-b"):
+            s.create_bucket(name)
+            s.put(name, VH_KEY, name.encode())
+            s.put(name, "dir/other", b"other-" + name.encode())
+        s.add_sts(STS_ID, STS_SECRET, STS_TOKEN)
+        yield s
+
+
+def vh_bucket(server, auth, name: str, region: str | None = None, **kw):
+    # oss2 builds http://<bucket>.<endpoint_host>:<port>/<key>; the proxy hands the absolute form to the server.
+    return oss2.Bucket(auth, server.named_endpoint, name, region=region, proxies=server.proxies, **kw)
+
+
+def proxied(server, url: str, method: str = "GET", **headers) -> requests.Response:
+    return requests.request(method, url, headers=headers, proxies=server.proxies, timeout=10)
+
+
+def error_of(resp: requests.Response) -> tuple[int, dict[str, str]]:
+    return resp.status_code, {e.tag: e.text for e in ET.fromstring(resp.content)}
+
+
+def v4_auth(key_id=ACCESS_KEY, secret=SECRET_KEY):
+    return oss2.ProviderAuthV4(StaticCredentialsProvider(key_id, secret))
+
+
+VH_AUTHS = {
+    "v1": (lambda: oss2.Auth(ACCESS_KEY, SECRET_KEY), None),
+    "sts-v1": (lambda: oss2.StsAuth(STS_ID, STS_SECRET, STS_TOKEN), None),
+    "v4": (v4_auth, REGION),
+    "sts-v4": (lambda: oss2.StsAuth(STS_ID, STS_SECRET, STS_TOKEN, auth_version=oss2.auth.AUTH_VERSION_4), REGION),
+}
+
+
+@pytest.mark.parametrize("name", VH_AUTHS)
+def test_virtual_hosted_requests_take_the_bucket_from_the_host(vhost, name):
+    make_auth, region = VH_AUTHS[name]
+    vhost.clear_faults()
+    bucket = vh_bucket(vhost, make_auth(), "vh-a", region)
+    assert [o.key for o in oss2.ObjectIteratorV2(bucket, max_keys=1)] == ["dir/other", VH_KEY]
+    assert [o.key for o in bucket.list_objects(prefix="dir/o").object_list] == ["dir/other"]
+    assert bucket.get_object(VH_KEY).read() == b"vh-a"
+    assert bucket.head_object("dir/other").content_length == len(b"other-vh-a")
+    url = bucket.sign_url("GET", VH_KEY, 60)
+    assert urlsplit(url).netloc == f"vh-a.{ENDPOINT_HOST}:{vhost.port}"
+    assert proxied(vhost, url).content == b"vh-a"
+    # Every request arrived in absolute form for the virtual host, the key being the whole path.
+    prefix = f"http://vh-a.{ENDPOINT_HOST}:{vhost.port}/"
+    assert vhost.requests and all(target.startswith(prefix) for _, target in vhost.requests)
+    assert vh_bucket(vhost, make_auth(), "vh-b", region).get_object(VH_KEY).read() == b"vh-b"
+    # Path style keeps working, on the endpoint host and on the server's IP.
+    for endpoint in (vhost.named_endpoint, vhost.endpoint):
+        path_style = oss2.Bucket(make_auth(), endpoint, "vh-b", region=region, proxies=vhost.proxies,
+                                 is_path_style=True)
+        assert path_style.get_object("dir/other").read() == b"other-vh-b"
+
+
+def test_virtual_hosted_signatures_cover_bucket_and_signed_host(vhost):
+    v1_url = vh_bucket(vhost, oss2.Auth(ACCESS_KEY, SECRET_KEY), "vh-b").sign_url("GET", "dir/other", 60)
+    v4_url = vh_bucket(vhost, v4_auth(), "vh-b", REGION).sign_url("GET", "dir/other", 60)
+    for url in (v1_url, v4_url):
+        assert proxied(vhost, url).content == b"other-vh-b"
+        status, err = error_of(proxied(vhost, url.replace("//vh-b.", "//vh-a.", 1)))    # vh-b's URL, vh-a's host
+        assert (status, err["Code"]) == (403, "SignatureDoesNotMatch")
+        assert "/vh-a/dir/other" in (err.get("CanonicalRequest") or err["StringToSign"])
+    # The Host decides even when the absolute-form target names another bucket.
+    assert error_of(proxied(vhost, v1_url, Host=f"vh-a.{ENDPOINT_HOST}:{vhost.port}"))[1]["Code"] == \
+        "SignatureDoesNotMatch"
+    # A V4 URL that signs the host refuses any other Host for the same bucket and key; one that does not, does not.
+    host = f"vh-a.{ENDPOINT_HOST}:{vhost.port}"
+    for sign_host in (True, False):
+        kw = {"headers": {"Host": host}, "additional_headers": ["host"]} if sign_host else {}
+        url = vh_bucket(vhost, v4_auth(), "vh-a", REGION).sign_url("GET", "dir/other", 60, **kw)
+        assert ("x-oss-additional-headers=host" in url) is sign_host
+        assert proxied(vhost, url).content == b"other-vh-a"
+        same_object = f"{vhost.endpoint}/vh-a/{url.split('/', 3)[3]}"      # path style: Host 127.0.0.1:port
+        replay = requests.get(same_object, timeout=10)
+        assert (replay.status_code, error_of(replay)[1]["Code"] if sign_host else replay.content) == \
+            ((403, "SignatureDoesNotMatch") if sign_host else (200, b"other-vh-a"))
+
+
+def test_virtual_host_names_and_cname(vhost):
+    auth = oss2.Auth(ACCESS_KEY, SECRET_KEY)
+    with pytest.raises(oss2.exceptions.NoSuchBucket):
+        vh_bucket(vhost, auth, "vh-none").get_object("dir/other")
+    url = vh_bucket(vhost, auth, "vh-a").sign_url("GET", "dir/other", 60)
+    status, err = error_of(proxied(vhost, url.replace("//vh-a.", "//x.vh-a.", 1)))
+    assert (status, err["Code"], err["BucketName"]) == (400, "InvalidBucketName", "x.vh-a")
+    # Upper case in the host name is still the bucket's host (host names are case-insensitive).
+    assert proxied(vhost, url.replace("//vh-a.", "//VH-A.", 1)).content == b"other-vh-a"
+    # A CNAME bucket takes every other host; the endpoint's own hosts keep their meaning.
+    with OssServer("cname-b", endpoint_host=ENDPOINT_HOST) as s:
+        s.create_bucket("vh-a")
+        s.put("vh-a", "k", b"vh-a's k")
+        s.put("cname-b", "k", b"cname k")
+        assert oss2.Bucket(auth, "http://cdn.example.com", "cname-b", is_cname=True,
+                           proxies=s.proxies).get_object("k").read() == b"cname k"
+        assert vh_bucket(s, auth, "vh-a").get_object("k").read() == b"vh-a's k"
+    with pytest.raises(RuntimeError):
+        OssServer().named_endpoint
+
+
+# ----- a server clock that is off ---------------------------------------------------------------------------
+
+def date_of(resp) -> float:
+    return parsedate_to_datetime(resp.headers["Date"]).timestamp()
+
+
+def iso_of(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.000Z").replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture
+def clock_server():
+    with OssServer(clock_offset=7200) as s:     # two hours ahead
+        s.create_bucket(BUCKET)
+        s.put(BUCKET, "k", b"value")
+        yield s
+
+
+def test_clock_ahead_expires_presigned_urls_and_dates_every_answer(clock_server):
+    s = clock_server
+    assert s.clock_offset == 7200 and abs(s.now() - time.time() - 7200) < 1
+    for bucket in (v1(s), v4(s)):
+        url = bucket.sign_url("GET", "k", 60)
+        status, err = error_of(resp := requests.get(url, timeout=10))
+        assert (status, err["Code"], err["Message"]) == (403, "AccessDenied", "Request has expired.")
+        assert abs(date_of(resp) - time.time() - 7200) < 5           # the Date of an error, by the server's clock
+        assert abs(iso_of(err["ServerTime"]) - time.time() - 7200) < 5
+        assert 50 < time.time() + 7200 - iso_of(err["Expires"]) < 7200
+        head = requests.head(url, timeout=10)
+        assert head.status_code == 403 and abs(date_of(head) - time.time() - 7200) < 5
+        s.clock_offset = 0
+        resp = requests.get(url, timeout=10)
+        assert resp.content == b"value" and abs(date_of(resp) - time.time()) < 5
+        s.clock_offset = 7200
+    assert "Request has expired." in requests.get(v1(s).sign_url("GET", "k", 60), timeout=10).text
+    # A V1 URL signed long ago for long enough is still good.
+    assert requests.get(v1(s).sign_url("GET", "k", 3 * 3600), timeout=10).content == b"value"
+
+
+@pytest.mark.parametrize("offset", [7200, -7200])
+def test_header_signed_requests_with_skewed_dates_are_refused(clock_server, offset):
+    clock_server.clock_offset = offset
+    for bucket in (v1(clock_server), v4(clock_server)):
+        with pytest.raises(oss2.exceptions.ServerError) as info:
+            bucket.get_object("k")
+        e = info.value
+        assert (e.status, e.code, e.message) == (403, "RequestTimeTooSkewed", "The difference between the "
+                                                 "request time and the current time is too large.")
+        assert e.details["MaxAllowedSkewMilliseconds"] == "900000"
+        assert abs(iso_of(e.details["RequestTime"]) - time.time()) < 5
+        assert abs(iso_of(e.details["ServerTime"]) - time.time() - offset) < 5
+        with pytest.raises(oss2.exceptions.ServerError) as info:      # HEAD: the error travels in x-oss-err
+            bucket.head_object("k")
+        assert info.value.code == "RequestTimeTooSkewed"
+    clock_server.clock_offset = offset / 10          # 12 minutes: within OSS's 15
+    assert v1(clock_server).get_object("k").read() == v4(clock_server).get_object("k").read() == b"value"
+
+
+def test_v4_url_from_the_servers_future_is_not_yet_valid(clock_server):
+    clock_server.clock_offset = -7200                # the server is two hours behind the signer
+    url = v4(clock_server).sign_url("GET", "k", 3 * 3600)
+    status, err = error_of(requests.get(url, timeout=10))
+    assert (status, err["Code"], err["EC"]) == (403, "AccessDenied", "0002-00000235")
+    assert iso_of(err["RequestTime"]) - iso_of(err["ServerTime"]) > 7000
+    assert requests.get(v1(clock_server).sign_url("GET", "k", 60), timeout=10).content == b"value"   # V1: no start
+    clock_server.clock_offset = -600
+    assert requests.get(url, timeout=10).content == b"value"
+
+
+# ----- IPv6 ----------------------------------------------------------------------------------------------
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("endpoint_host", [None, ENDPOINT_HOST])
+def test_ipv6_listener_serves_path_style(endpoint_host):
+    with OssServer(host="::1", endpoint_host=endpoint_host) as s:
+        assert s.endpoint == f"http://[::1]:{s.port}"
+        s.create_bucket("v6-bucket")
+        s.put("v6-bucket", "d/中文 a+b", b"six")
+        s.put("v6-bucket", "d/z", b"zed")
+        s.add_sts(STS_ID, STS_SECRET, STS_TOKEN)
+        with pytest.raises(oss2.exceptions.ClientError):        # oss2 refuses IPv6 endpoints
+            oss2.Bucket(oss2.Auth(ACCESS_KEY, SECRET_KEY), s.endpoint, "v6-bucket")
+        for key_id, secret, token in ((ACCESS_KEY, SECRET_KEY, ""), (STS_ID, STS_SECRET, STS_TOKEN)):
+            signer = OssV1Signer(key_id, secret, token, "v6-bucket", f"{s.endpoint}/v6-bucket/")
+            listing = requests.get(signer.bucket_url([("list-type", "2"), ("prefix", "d/")]), timeout=10)
+            assert [e.text for e in ET.fromstring(listing.content).iter("Key")] == ["d/z", "d/中文 a+b"]
+            assert urllib.request.urlopen(signer.url("d/中文 a+b"), timeout=10).read() == b"six"
+        assert error_of(requests.get(signer.url("d/z").replace("Signature=", "Signature=A"), timeout=10))[1][
+            "Code"] == "SignatureDoesNotMatch"
+        # http.client sends Host: [::1]:port, a header-signed path-style request.
+        date = formatdate(usegmt=True)
+        sig = base64.b64encode(hmac.new(SECRET_KEY.encode(), f"GET\n\n\n{date}\n/v6-bucket/d/z".encode(),
+                                        hashlib.sha1).digest()).decode()
+        conn = http.client.HTTPConnection("::1", s.port, timeout=10)
+        try:
+            conn.request("GET", "/v6-bucket/d/z", headers={"Date": date, "Authorization": f"OSS {ACCESS_KEY}:{sig}"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"zed")
+        finally:
+            conn.close()
+        assert s.requests[-1] == ("GET", "/v6-bucket/d/z")

@@ -86,6 +86,7 @@ class DesktopApp:
         from bridge.cli import personal_base_token
         self.token = tk.StringVar(value=saved.get("personal_base_token") or personal_base_token(None))
         self.remember = tk.BooleanVar(value=bool(saved.get("personal_base_token")))
+        self.proxy = tk.StringVar(value=saved.get("proxy") or "")
         self.show_advanced = False
         self.show_log = False
 
@@ -159,6 +160,11 @@ class DesktopApp:
                                                                         pady=3)
         self.origins_hint = ttk.Label(adv, name="origins_hint", foreground="#666666", wraplength=440)
         self.origins_hint.grid(row=5, column=1, columnspan=2, sticky="w")
+        label(adv, "proxy", row=6, column=0)
+        ttk.Entry(adv, textvariable=self.proxy, show="", name="proxy").grid(row=6, column=1, columnspan=2, sticky="ew",
+                                                                           pady=3)
+        self.proxy_hint = ttk.Label(adv, name="proxy_hint", foreground="#666666", wraplength=440)
+        self.proxy_hint.grid(row=7, column=1, columnspan=2, sticky="w")
 
         buttons = ttk.Frame(main)
         buttons.grid(row=5, column=0, columnspan=4, sticky="ew", pady=(10, 6))
@@ -217,6 +223,7 @@ class DesktopApp:
         self.open_button.configure(text=self.t("open_folder"))
         self.remember_box.configure(text=self.t("remember"))
         self.origins_hint.configure(text=self.t("origins_hint"))
+        self.proxy_hint.configure(text=self.t("proxy_hint"))
         self.advanced_button.configure(text=self.t("advanced_hide" if self.show_advanced else "advanced_show"))
         self.start_button.configure(text=self.t("start"))
         self.stop_button.configure(text=self.t("stop"))
@@ -294,6 +301,7 @@ class DesktopApp:
             data["allow_origins"] = split(self.origins.get())
         except ValueError:
             pass
+        data["proxy"] = self.proxy.get().strip()  # the file is the owner's only (a proxy may hold a password)
         if self.remember.get() and self.token.get():
             data["personal_base_token"] = self.token.get()
         else:
@@ -344,8 +352,16 @@ class DesktopApp:
         except ValueError:
             bad = next(o for o in self.origins.get().replace(",", " ").split() if not _is_origin(o))
             return self.show_message("bad_origin", error=True, origin=bad)
+        proxy = self.proxy.get().strip() or None  # empty: the system's or the environment's settings
+        if proxy:
+            from core.errors import UsageError
+            from core.network import parse_proxy
+            try:
+                parse_proxy(proxy, self.t("proxy"))
+            except UsageError as exc:
+                return self.show_message("bad_proxy", error=True, reason=str(exc))
         return BridgeSettings(host=host, port=port, output=Path(output), personal_base_token=self.token.get().strip(),
-                              download_concurrency=concurrency, allow_origins=origins)
+                              download_concurrency=concurrency, allow_origins=origins, proxy=proxy)
 
     def start(self) -> None:
         if self.service is not None or self.worker is not None:
@@ -395,7 +411,7 @@ class DesktopApp:
     def _set_running(self, running: bool) -> None:
         self.start_button.state(["disabled"] if running else ["!disabled"])
         self.stop_button.state(["!disabled"] if running else ["disabled"])
-        for name in ("host", "port", "token", "concurrency", "origins"):
+        for name in ("host", "port", "token", "concurrency", "origins", "proxy"):
             self.advanced.nametowidget(name).state(["disabled"] if running else ["!disabled"])
         self._refresh_card()
         port = self.service.port if self.service else None

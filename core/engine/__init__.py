@@ -29,6 +29,7 @@ from core.engine.limits import RateLimit
 from core.engine.verify import bare_etag
 from core.errors import HTTPStatusError, http_error
 from core.model import Settings
+from core.network import Network
 from core.workarea import Output
 
 MiB = 1 << 20
@@ -52,8 +53,10 @@ class Engine:
     def __init__(self, concurrency: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
                  part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB,
                  max_requests_per_second: float | None = None, low_speed_limit: float = 1024,
-                 low_speed_time: float = 60, fsync: bool = False):
+                 low_speed_time: float = 60, fsync: bool = False, network: Network | None = None):
         self.concurrency = concurrency
+        # Proxies and certificates for every GET (aiohttp and curl alike); a run's source gives its own.
+        self.network = network or Network.for_api()
         self._rate = RateLimit(max_requests_per_second) if max_requests_per_second else None
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
@@ -89,7 +92,9 @@ class Engine:
         global _URL
         _URL = URL
         connect, read = self._timeouts
-        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ttl_dns_cache=300,
+                                         ssl=self.network.tls.context)
+        # trust_env off: the proxy of each request is the product's one reading (core/network.py), passed below.
         self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=connect, sock_read=read), auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar())
@@ -157,7 +162,7 @@ class Engine:
             except ImportError:  # no pycurl (the executables, other platforms): every GET on aiohttp
                 self._curl = False
             else:
-                self._curl = SmallGets(self._loop, *self._timeouts, self.low_speed)
+                self._curl = SmallGets(self._loop, *self._timeouts, self.low_speed, self.network)
         return self._curl
 
     async def open(self, sign: Signer, headers: dict, expired: Callable,
@@ -178,8 +183,10 @@ class Engine:
             else:
                 # encoded=True: the signature covers the exact percent-encoding the signer produced.
                 session = self._session or self._new_session()
+                proxy = self.network.proxy_for(url)
                 resp = await session.get(_URL(url, encoded=True),
-                                         headers={**headers, **extra} if extra else headers)
+                                         headers={**headers, **extra} if extra else headers,
+                                         **(proxy.aiohttp if proxy else {}))
             if resp.status in (200, 206):
                 return resp
             body = await resp.read()
@@ -216,9 +223,9 @@ class _Slot:
         self.engine._sem.release()
 
 
-def engine_for(settings: Settings) -> Engine:
-    """A (not yet started) engine with a run's settings."""
+def engine_for(settings: Settings, network: Network | None = None) -> Engine:
+    """A (not yet started) engine with a run's settings, reaching the servers through `network`."""
     return Engine(settings.concurrency, settings.connect_timeout, settings.read_timeout,
                   max_requests_per_second=settings.max_requests_per_second,
                   low_speed_limit=settings.low_speed_limit, low_speed_time=settings.low_speed_time,
-                  fsync=settings.fsync)
+                  fsync=settings.fsync, network=network)

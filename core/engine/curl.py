@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-import ssl
 import time
 
 import pycurl
 from multidict import CIMultiDict
 
-from core.errors import IntegrityError, TooSlow
+from core.errors import IntegrityError, ProxyRefused, TooSlow
 
 ERROR_BODY = 64 * 1024  # of an error answer: enough for its XML/JSON code and message
 _IN, _OUT = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -52,28 +51,11 @@ class Received:
         pass
 
 
-def _tls_options() -> list:
-    # The pycurl wheel's own libcurl looks for CA certificates where its build machine keeps them, which
-    # need not exist here. aiohttp (Python's ssl) trusts OpenSSL's default paths, SSL_CERT_FILE and
-    # SSL_CERT_DIR included: give curl the same, so both paths accept and refuse the same servers.
-    paths = ssl.get_default_verify_paths()
-    options = [(pycurl.CAINFO, paths.cafile)] if paths.cafile else []
-    if paths.capath:
-        options.append((pycurl.CAPATH, paths.capath))
-    if not options:
-        try:
-            import certifi
-            options.append((pycurl.CAINFO, certifi.where()))
-        except ImportError:
-            pass
-    return options
-
-
 class _Transfer:
     """One easy handle (reused: its connection goes back to the multi's pool) and the request it serves."""
 
     __slots__ = ("curl", "head", "chunks", "got", "cap", "expected", "too_long", "future", "seen", "active_at",
-                 "answer_at")
+                 "answer_at", "proxy")
 
     def __init__(self, options: list):
         self.curl = curl = pycurl.Curl()
@@ -84,8 +66,9 @@ class _Transfer:
         curl.setopt(pycurl.WRITEFUNCTION, self.write)
         curl.transfer = self
         self.chunks: list[bytes] = []
+        self.proxy = None  # PROXY "" (set in the options): direct, whatever the environment says
 
-    def start(self, future, url: str, headers: dict, expected: int, now: float) -> None:
+    def start(self, future, url: str, headers: dict, expected: int, now: float, proxy) -> None:
         self.future, self.expected = future, expected
         self.got, self.cap, self.too_long = 0, -1, False
         self.seen, self.active_at, self.answer_at = 0, now, 0.0
@@ -93,6 +76,11 @@ class _Transfer:
         self.chunks.clear()
         self.curl.setopt(pycurl.URL, url.encode())
         self.curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        if proxy is not self.proxy:  # a handle is reused: its proxy is the one this request's URL takes
+            self.proxy = proxy
+            self.curl.setopt(pycurl.PROXY, proxy.address if proxy else "")
+            self.curl.setopt(pycurl.PROXYUSERNAME, proxy.user if proxy else "")
+            self.curl.setopt(pycurl.PROXYPASSWORD, proxy.password if proxy else "")
 
     def write(self, data: bytes):
         got = self.got + len(data)
@@ -135,16 +123,17 @@ class SmallGets:
     for the GIL (a thread of its own costs more in GIL hand-overs than it saves: measured, see the report)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float | None,
-                 read_timeout: float | None, low_speed: tuple[float, float] | None):
+                 read_timeout: float | None, low_speed: tuple[float, float] | None, network):
         self.requests = 0  # GETs made here (the engine's tests read it)
         self._loop = loop
+        self._network = network
         self._read_timeout = read_timeout
         self._first_byte = (connect_timeout or 0) + (read_timeout or 0)  # connect, then the answer
         self._low_speed = low_speed
         self._sweep_every = min(0.1, low_speed[1] / 10) if low_speed else 0.1
         self._options = [
             (pycurl.NOSIGNAL, 1),
-            (pycurl.PROXY, ""),  # as aiohttp here (trust_env off): proxy variables are not followed
+            (pycurl.PROXY, ""),  # curl's own reading of the proxy variables is not used: core/network.py decides
             (pycurl.FOLLOWLOCATION, 1), (pycurl.MAXREDIRS, 10),  # aiohttp's defaults (Feishu links redirect)
             (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
             (pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
@@ -152,7 +141,7 @@ class SmallGets:
             (pycurl.PATH_AS_IS, 1),  # the signed path byte for byte: no /./ or /../ squashed
             (pycurl.DNS_CACHE_TIMEOUT, 300),  # as the aiohttp connector's ttl_dns_cache
             (pycurl.CONNECTTIMEOUT_MS, int(connect_timeout * 1000) if connect_timeout else 0),
-            *_tls_options(),
+            *network.tls.curl_options(pycurl),  # the same certificates as aiohttp and the listings
         ]
         self._running: dict[asyncio.Future, _Transfer] = {}
         self._idle: list[_Transfer] = []
@@ -172,7 +161,7 @@ class SmallGets:
         future = self._loop.create_future()
         self.requests += 1
         transfer = self._idle.pop() if self._idle else _Transfer(self._options)
-        transfer.start(future, url, headers, expected, time.monotonic())
+        transfer.start(future, url, headers, expected, time.monotonic(), self._network.proxy_for(url))
         self._running[future] = transfer
         self._multi.add_handle(transfer.curl)  # curl asks for a timeout of 0 to start it
         if self._sweeper is None and (self._read_timeout or self._low_speed):
@@ -246,6 +235,8 @@ class SmallGets:
                 transfer = curl.transfer
                 if code == pycurl.E_WRITE_ERROR and transfer.too_long:
                     self._finish(transfer, None)  # our own size guard: the answer says what went wrong
+                elif transfer.proxy is not None and curl.getinfo(pycurl.HTTP_CONNECTCODE) >= 300:
+                    self._finish(transfer, ProxyRefused(curl.getinfo(pycurl.HTTP_CONNECTCODE), transfer.proxy))
                 else:
                     self._finish(transfer, pycurl.error(code, message, curl.getinfo(pycurl.OS_ERRNO)))
             if not queued:

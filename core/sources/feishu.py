@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-
-from core.sources import Page, Source
-from core.errors import DownloadError, HTTPStatusError, UsageError, is_retryable
+from core.sources import CHECK_ATTEMPTS, Page, Source
+from core.errors import DownloadError, HTTPStatusError, UsageError, as_download_error, retrying
 from core.model import RemoteObject
 from core.naming import UNCATEGORIZED, AttachmentNaming
 from core.engine import Engine
 from core.engine.limits import RateLimit
 from core.model import UNKNOWN_SIZE
+from core.network import Network
 
 if TYPE_CHECKING:
     import aiohttp
@@ -76,8 +75,10 @@ class FeishuClient:
     """The few Open API calls the downloader needs, with the bearer token and a shared rate limit."""
 
     def __init__(self, base_url: str, token: str, requests_per_second: float = 2.0,
-                 connect_timeout: float = 10, read_timeout: float = 60, backoff: float = 1.0, attempts: int = 6):
+                 connect_timeout: float = 10, read_timeout: float = 60, backoff: float = 1.0, attempts: int = 6,
+                 network: Network | None = None):
         self.base_url = base_url.rstrip("/")
+        self.network = network or Network.for_api()  # never the store's certificates, always verified
         self._token = token
         self._rate = RateLimit(requests_per_second) if requests_per_second else None
         self._timeouts = (connect_timeout, read_timeout or None)
@@ -92,12 +93,9 @@ class FeishuClient:
             await self._session.close()
             self._session = None
 
-    async def get(self, path: str, params: list[tuple[str, str]]) -> dict:
-        """GET an API path; rate-limited and failing calls are retried with backoff."""
-        retrying = AsyncRetrying(stop=stop_after_attempt(self._attempts),
-                                 wait=wait_exponential_jitter(initial=self._backoff, max=20 * self._backoff),
-                                 retry=retry_if_exception(is_retryable), reraise=True)
-        async for attempt in retrying:
+    async def get(self, path: str, params: list[tuple[str, str]], attempts: int | None = None) -> dict:
+        """GET an API path; rate-limited and failing calls are retried by the product's one policy."""
+        async for attempt in retrying(attempts or self._attempts, self._backoff):
             with attempt:
                 return await self._get_once(path, params)
         raise AssertionError("unreachable")
@@ -106,12 +104,15 @@ class FeishuClient:
         if self._session is None:
             import aiohttp  # when first used (its import costs ~0.15 s)
             connect, read = self._timeouts
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=connect, sock_read=read))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.network.tls.context),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read))
         if self._rate:
             await self._rate.wait()
-        async with self._session.get(self.base_url + path, params=params,
-                                     headers={"Authorization": f"Bearer {self._token}"}) as resp:
+        url = self.base_url + path
+        proxy = self.network.proxy_for(url)
+        async with self._session.get(url, params=params, headers={"Authorization": f"Bearer {self._token}"},
+                                     **(proxy.aiohttp if proxy else {})) as resp:
             body = await resp.read()
             status = resp.status
         try:
@@ -122,11 +123,12 @@ class FeishuClient:
             return answer.get("data") or {}
         raise api_error(status, answer.get("code"), str(answer.get("msg", ""))[:200])
 
-    async def fields(self, app_token: str, table_id: str) -> list[dict]:
+    async def fields(self, app_token: str, table_id: str, attempts: int | None = None) -> list[dict]:
         found, page_token = [], ""
         while True:
             data = await self.get(f"/open-apis/bitable/v1/apps/{app_token}/tables/{table_id}/fields",
-                                  [("page_size", "100")] + ([("page_token", page_token)] if page_token else []))
+                                  [("page_size", "100")] + ([("page_token", page_token)] if page_token else []),
+                                  attempts)
             found += data.get("items") or []
             page_token = data.get("page_token") or ""
             if not data.get("has_more") or not page_token:
@@ -267,12 +269,13 @@ class FeishuSpec:
         return AttachmentNaming(list(self.name_fields), self.name_separator, list(self.folder_fields),
                                 self.uncategorized)
 
-    def client(self, token: str) -> FeishuClient:
+    def client(self, token: str, network: Network | None = None) -> FeishuClient:
         return FeishuClient(self.base_url, token, self.requests_per_second, self.connect_timeout,
-                            self.read_timeout, backoff=self.backoff)
+                            self.read_timeout, backoff=self.backoff, network=network)
 
     def source(self, token: str, engine: Engine) -> "BitableSource":
-        return BitableSource(self.table, self.client(token), engine, self.naming())
+        """On the engine's network: the run's proxy for the API and for the file links alike."""
+        return BitableSource(self.table, self.client(token, engine.network), engine, self.naming())
 
 
 def _attachment(obj: RemoteObject) -> Attachment:
@@ -303,11 +306,19 @@ class BitableSource(Source):
         self._fields: dict[str, str] | None = None  # attachment field name → id
 
     def check(self) -> None:
-        self._fields = self.engine.run(self._attachment_fields())
+        try:
+            self._fields = self.engine.run(self._attachment_fields())
+        except Exception as exc:  # noqa: BLE001 - what cannot be reached at the start is one line, exit 2
+            error = as_download_error(exc)
+            if not error.retryable:
+                raise
+            proxy = self.client.network.proxy_for(self.client.base_url)
+            via = f" through the proxy {proxy}" if proxy and str(proxy) not in str(error) else ""
+            raise UsageError(f"cannot reach the Feishu API at {self.client.base_url}{via}: {error}") from None
 
     async def _attachment_fields(self) -> dict[str, str]:
         s = self.source
-        fields = await self.client.fields(s.app_token, s.table_id)
+        fields = await self.client.fields(s.app_token, s.table_id, CHECK_ATTEMPTS)  # before the run: fail soon
         names = {f.get("field_name", ""): f for f in fields}
         attachments = {f["field_name"]: f["field_id"] for f in fields if f.get("type") == ATTACHMENT_TYPE}
         if not attachments:

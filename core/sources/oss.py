@@ -7,6 +7,7 @@ and its sign_url ~30 µs per URL. The URLs are oss2's, byte for byte (tests/test
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -15,7 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
 from core.model import RemoteObject
-from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip, listing_params
+from core.network import Network
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, store_network, clip, listing_params
 from core.sources.keepalive import KeepAliveGet
 from core.sources.ossv1 import OssV1Signer
 
@@ -40,12 +42,18 @@ def oss_credentials(config: StoreConfig) -> tuple[str, str, str]:
     return key_id, secret, token
 
 
-def _is_ip_or_localhost(netloc: str) -> bool:
-    host = netloc.split(":")[0]
+def _is_ip_or_localhost(host: str) -> bool:
+    """oss2's rule for path-style addressing (an IPv6 literal included)."""
+    if host == "localhost":
+        return True
     try:
-        return host == "localhost" or bool(socket.inet_aton(host))
-    except OSError:
-        return False
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        try:
+            return bool(socket.inet_aton(host))  # oss2 also takes what inet_aton takes ("127.1")
+        except OSError:
+            return False
 
 
 def bucket_url(endpoint: str, bucket: str, cname: bool) -> str:
@@ -54,14 +62,17 @@ def bucket_url(endpoint: str, bucket: str, cname: bool) -> str:
     endpoint = endpoint.strip()
     parts = urlsplit(endpoint if endpoint.startswith(("http://", "https://")) else "http://" + endpoint)
     try:
-        netloc = parts.hostname + (f":{parts.port}" if parts.port is not None else "")
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
     except (TypeError, ValueError):
-        netloc = ""
-    if not _ENDPOINT.match(netloc):
+        host = port = ""
+    v6 = ":" in host and _is_ip_or_localhost(host)
+    netloc = f"[{host}]{port}" if v6 else host + port
+    if not (v6 or _ENDPOINT.match(netloc)):
         raise UsageError(f"invalid OSS settings: the endpoint is not valid: {endpoint}")
     if not _BUCKET_NAME.match(bucket):
         raise UsageError(f"invalid OSS settings: the bucket name is not valid: {bucket!r}")
-    if _is_ip_or_localhost(netloc):
+    if _is_ip_or_localhost(host):
         return f"{parts.scheme}://{netloc}/{bucket}/"
     if cname:
         return f"{parts.scheme}://{netloc}/"
@@ -80,30 +91,23 @@ def refused(where: str, status: int, code: str) -> Exception:
 class OssSource(StoreSource):
     """Aliyun OSS, signature V1: presigned listing pages and object GETs."""
 
-    def __init__(self, config: StoreConfig):
-        self.config = config
+    def __init__(self, config: StoreConfig, network: Network | None = None):
+        self.config, self.network, self.endpoint = config, network or store_network(config), config.endpoint
         key_id, secret, token = oss_credentials(config)
         if not token:  # as oss2.Auth (StsAuth keeps them as given)
             key_id, secret = key_id.strip(), secret.strip()
         bucket = config.bucket.strip()
-        self.sign = OssV1Signer(key_id, secret, token, bucket, bucket_url(config.endpoint, bucket, config.cname),
-                                URL_TTL)
-        self._get = KeepAliveGet(config.read_timeout or None)
+        self.origin = bucket_url(config.endpoint, bucket, config.cname)
+        self.sign = OssV1Signer(key_id, secret, token, bucket, self.origin, URL_TTL)
+        self._get = KeepAliveGet(config.read_timeout or None, self.network)
 
-    def _explain(self, exc: Exception) -> Exception:
-        where = f"bucket {self.config.bucket!r}"
-        if isinstance(exc, UsageError):
-            return exc
-        if isinstance(exc, HTTPStatusError):
-            return refused(where, exc.status, exc.code)
-        if isinstance(exc, DownloadError) and exc.retryable:  # the store did not answer
-            return UsageError(f"cannot reach endpoint {self.config.endpoint}")
-        return exc
+    def _refused(self, exc: HTTPStatusError) -> Exception:
+        return refused(f"bucket {self.config.bucket!r}", exc.status, exc.code)
 
     def _list(self, token: str | None, limit: int, delimiter: str = "") -> ET.Element:
-        status, _, body = self._get(self.sign.bucket_url(listing_params(self.config, token, limit, delimiter)))
+        status, headers, body = self._get(self.sign.bucket_url(listing_params(self.config, token, limit, delimiter)))
         if status != 200:
-            raise http_error(status, body)
+            raise http_error(status, body, headers.get("date", ""))
         try:
             return ET.fromstring(body)
         except ET.ParseError:

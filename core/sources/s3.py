@@ -15,7 +15,8 @@ from urllib.parse import unquote_plus, urlsplit
 
 from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
 from core.model import RemoteObject
-from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, clip, listing_params
+from core.network import Network
+from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, store_network, clip, listing_params
 from core.sources.keepalive import KeepAliveGet
 from core.sources.sigv4 import Credentials, SigV4Signer
 
@@ -53,19 +54,27 @@ def signing_region(config: StoreConfig) -> str:
             or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
 
 
-def credentials(config: StoreConfig) -> Credentials | object:
+def credentials(config: StoreConfig, network: Network) -> Credentials | object:
     """The store's keys: given (a credentials block), from the environment, or botocore's chain (profile,
-    SSO, instance role: refreshable, so a function). UsageError when there are none."""
+    SSO, an assumed role, instance role: refreshable, so a function), whose own requests (STS, SSO) take the
+    run's proxy and certificates. UsageError when there are none."""
     given = config.credentials
     if given.get("access_key_id") and given.get("secret_access_key"):
         return given["access_key_id"], given["secret_access_key"], given.get("session_token", "")
     env = os.environ
     if not config.profile and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", "")
+    import botocore.config
     import botocore.exceptions
     import botocore.session
     try:
-        found = botocore.session.Session(profile=config.profile).get_credentials()
+        session = botocore.session.Session(profile=config.profile)
+        session.set_default_client_config(botocore.config.Config(
+            proxies=network.proxies.botocore(os.environ.get("AWS_ENDPOINT_URL_STS") or "https://sts.amazonaws.com")))
+        tls = network.tls
+        if not tls.verify or tls.cafile:  # else botocore's own reading (AWS_CA_BUNDLE, the profile's ca_bundle)
+            session.set_config_variable("ca_bundle", tls.cafile if tls.verify else False)
+        found = session.get_credentials()
     except botocore.exceptions.ProfileNotFound:
         raise UsageError(f"AWS profile {config.profile!r} not found") from None
     if found is None:
@@ -91,15 +100,16 @@ def configured_endpoint(config: StoreConfig) -> str | None:
 class S3Source(StoreSource):
     """Any S3-compatible store: presigned listing pages and object GETs."""
 
-    def __init__(self, config: StoreConfig):
+    def __init__(self, config: StoreConfig, network: Network | None = None):
         endpoint = configured_endpoint(config)
         if endpoint != config.endpoint:
             config = dataclasses.replace(config, endpoint=endpoint)
-        self.config = config
+        self.config, self.network = config, network or store_network(config)
+        self.endpoint = config.endpoint or "AWS S3"
         self.region = signing_region(config)
-        self._credentials = credentials(config)
+        self._credentials = credentials(config, self.network)
         self._address(self.region)
-        self._get = KeepAliveGet(config.read_timeout or None)
+        self._get = KeepAliveGet(config.read_timeout or None, self.network)
 
     def _address(self, region: str) -> None:
         self.region = region
@@ -107,20 +117,14 @@ class S3Source(StoreSource):
         self.sign = SigV4Signer(self._credentials, region, URL_TTL)
 
     # -- listing ---------------------------------------------------------------------------------------
-    def _explain(self, exc: Exception) -> Exception:
+    def _refused(self, exc: HTTPStatusError) -> Exception:
         where = f"bucket {self.config.bucket!r}"
-        if isinstance(exc, UsageError):
-            return exc
-        if isinstance(exc, HTTPStatusError):
-            if exc.code == "NoSuchBucket" or (exc.status == 404 and not exc.code):
-                return UsageError(f"{where} not found")
-            if exc.code in _DENIED or exc.status == 403:
-                return UsageError(f"access denied to {where} ({exc.code or exc.status}): check the credentials"
-                                  " and permissions")
-            return RuntimeError(f"listing {where} failed: {exc}")
-        if isinstance(exc, DownloadError) and exc.retryable:  # the store did not answer
-            return UsageError(f"cannot reach endpoint {self.config.endpoint or 'AWS S3'}: {exc}")
-        return exc
+        if exc.code == "NoSuchBucket" or (exc.status == 404 and not exc.code):
+            return UsageError(f"{where} not found")
+        if exc.code in _DENIED or exc.status == 403:
+            return UsageError(f"access denied to {where} ({exc.code or exc.status}): check the credentials"
+                              " and permissions")
+        return RuntimeError(f"listing {where} failed: {exc}")
 
     def list_page(self, token: str | None, limit: int = PAGE_SIZE, delimiter: str = "") -> Page:
         root = self._get_xml(listing_params(self.config, token, limit, delimiter))
@@ -139,7 +143,7 @@ class S3Source(StoreSource):
             if not redirected and not self.config.endpoint and region and region != self.region:
                 self._address(region)  # AWS: the bucket lives in another region; its URLs change with it
                 continue
-            raise http_error(status, body)
+            raise http_error(status, body, headers.get("date", ""))
         raise AssertionError("unreachable")
 
     def folders(self) -> list[str]:
