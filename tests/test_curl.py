@@ -185,5 +185,6 @@ def test_closing_the_engine_stops_a_get_in_flight(server, tmp_path):
     (pycurl.E_TOO_MANY_REDIRECTS, 0, "too many redirects", False),
 ])
 def test_curls_errors_are_classified_like_aiohttps(code, os_errno, reason, retryable):
-    err = as_download_error(pycurl.error(code, "SSL certificate problem", os_errno))
+    err = as_download_error(pycurl.error(code, "SSL certificate problem: unable to get local issuer certificate",
+                                         os_errno))
     assert str(err) == reason and err.retryable is retryable

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from bridge.desktop.settings import save_config
+from infra.proxy import ForwardProxy
 from infra.feishu_server import FeishuServer
 from tests.plugin_client import PublishedPlugin, cells_of
 
@@ -224,6 +225,7 @@ def test_desktop_app_drives_the_service(tmp_path):
     app = None
     ws = None
     taken = socket.socket()
+    proxy = ForwardProxy().start()
     try:
         app = App(display, tmp_path, "--port", "0", "--output", str(out), PATH=f"{bin_dir}:{os.environ['PATH']}")
         # Chinese by default, service not running; advanced settings (with the token) and log hidden.
@@ -297,6 +299,12 @@ def test_desktop_app_drives_the_service(tmp_path):
         size, colours = screenshot(app.env, widgets["window"], ARTIFACTS / "desktop-advanced.png")
         assert size > 10_000 and colours > 20, (size, colours)
         app.type_into("origins", "https://app.example.com")
+        # The proxy field: what the service cannot use is one line; a proxy given carries every download.
+        app.type_into("proxy", "socks5://127.0.0.1:1080")
+        m = app.mark()
+        app.click("start")
+        app.wait("status", m, error=True, text=lambda t: t.startswith("代理设置无效：代理: socks proxies are not"))
+        app.type_into("proxy", proxy.url)
 
         # Start (mouse): the origin typed in is allowed, others are refused with a line in the log.
         m = app.mark()
@@ -332,6 +340,7 @@ def test_desktop_app_drives_the_service(tmp_path):
         app.wait("log", m, text=f"任务 第一批 结束：4 个成功，1 个失败。文件夹：{out / '第一批'}")
         app.wait("log", m, text=f"　ZIP：{out / '第一批.zip'}")
         app.wait("log", m, text=f"　失败清单：{out / '第一批' / '.oss-failed.csv'}")
+        assert sum((r.path or "").startswith("/download/") for r in proxy.requests) >= 4  # through the proxy field
 
         # A second job is counted on its own: a second history line, nothing added to the first.
         m = app.mark()
@@ -391,8 +400,10 @@ def test_desktop_app_drives_the_service(tmp_path):
         saved = json.loads(config.read_text())
         assert saved["language"] == "en" and "personal_base_token" not in saved
         assert saved["download_concurrency"] == 2 and saved["allow_origins"] == ["https://app.example.com"]
+        assert saved["proxy"] == proxy.url
     finally:
         taken.close()
+        proxy.stop()
         if ws is not None:
             ws.close()
         if app is not None:
