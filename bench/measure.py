@@ -152,3 +152,17 @@ def stop_group(proc: subprocess.Popen | None, grace: float) -> None:
             proc.wait()
         except ProcessLookupError:
             pass
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    """Until something accepts connections on 127.0.0.1:port."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

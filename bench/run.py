@@ -49,7 +49,7 @@ AWS_CONCURRENCY = 32
 OSS_ACCESS_KEY, OSS_SECRET_KEY = "oss-test-key-id", "oss-test-key-secret"  # infra/oss_server.py's
 EXECUTABLE = ROOT / "dist" / "oss-download"
 # The product's variants per scenario: Prefect's cost shows beside the core's; OSS beside S3.
-VARIANTS = {1: ["product", "product-noprefect", "product-fsync", "product-oss"],
+VARIANTS = {1: ["product", "product-noprefect", "product-fsync", "product-oss", "product-noprefect-proxy"],
             2: ["product", "product-noprefect", "product-oss"],
             3: ["product", "product-noprefect", "product-oss"],
             4: ["product", "product-noprefect", "product-exe", "product-ephemeral", "product-oss",
@@ -158,6 +158,7 @@ class Context:
     product_python: str
     api: str | None = None           # running Prefect server
     oss_endpoint: str = ""           # the OSS-protocol server (product-oss…)
+    proxy: str = ""                  # infra/proxy.py in a process of its own (…-proxy: every request through it)
     ephemeral_home: Path | None = None
     settings: dict = field(default_factory=lambda: {"product": 64, "rclone": 32, "s5cmd": 256, "aws": AWS_CONCURRENCY})
 
@@ -184,7 +185,7 @@ def command(tool: str, sc: Scenario, dest: Path, ctx: Context, value: int | None
         elif not {"noprefect", "exe"} & set(variant):
             env["PREFECT_HOME"] = str(ctx.work / "prefect-client-home")
             env["PREFECT_API_URL"] = ctx.api
-    elif tool == "rclone":
+    elif base == "rclone":
         cmd = [ctx.bins["rclone"], "copy", f":s3:{BUCKET}/{src_prefix}", str(dest), "--s3-provider", "Other",
                "--s3-endpoint", ctx.endpoint, "--s3-access-key-id", ACCESS_KEY, "--s3-secret-access-key", SECRET_KEY,
                "--s3-region", REGION, "--s3-force-path-style", "--transfers", str(n), "--checkers", str(n)]
@@ -205,6 +206,8 @@ def command(tool: str, sc: Scenario, dest: Path, ctx: Context, value: int | None
                "--endpoint-url", ctx.endpoint, "--only-show-errors"]
     else:
         raise ValueError(tool)
+    if "proxy" in tool.split("-"):
+        env["HTTP_PROXY"] = ctx.proxy  # what every tool here reads
     return cmd, env
 
 
@@ -595,6 +598,7 @@ def main(argv=None) -> int:
     oss = None
     if any("oss" in v for vs in variants.values() for v in vs):
         oss = OssProcess(product_python, list(chosen), args.objects, args.big_mb, work / "logs" / "oss-server.log")
+    proxy = None
     server = PrefectServer(Path(tempfile.mkdtemp(prefix="bench-prefect-")))
     info["versions"] = versions(bins, weed.weed)
     info["prefect_mode"] = ("a running `prefect server start` on loopback (PREFECT_API_URL set) for every scenario; "
@@ -626,6 +630,13 @@ def main(argv=None) -> int:
             log("starting the OSS-protocol server (objects in memory) …")
             ctx.oss_endpoint = oss.start().endpoint
             log(f"  OSS at {ctx.oss_endpoint}")
+        if any("proxy" in v for vs in variants.values() for v in vs):
+            port = free_port()
+            proxy = subprocess.Popen([product_python, "-m", "infra.proxy", "--port", str(port)], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            ctx.proxy = f"http://127.0.0.1:{port}"
+            measure.wait_port(port)
+            log(f"  a forward proxy (infra/proxy.py) at {ctx.proxy}")
         if needs_api:
             log("starting a Prefect server …")
             server.start()
@@ -646,6 +657,8 @@ def main(argv=None) -> int:
         aws_dropped: set[int] = set()
         for sc in chosen.values():
             lineup = variants[sc.number] + [t for t in tools if t != "product"]
+            if "rclone" in tools and any("proxy" in v for v in variants[sc.number]):
+                lineup.append("rclone-proxy")  # the proxy hop's cost to a peer, in the same run
             order += [t for t in lineup if t not in order]
             log(f"scenario {sc.number}: {sc.title} ({sc.prefix}), {args.rounds} round(s)")
             if "product-ephemeral" in lineup:  # applies the temporary server's database migrations once
@@ -680,6 +693,7 @@ def main(argv=None) -> int:
     finally:
         server.stop()
         weed.stop()
+        measure.stop_group(proxy, grace=5)
         if oss:
             oss.stop()
     if interrupted and not runs:

@@ -255,6 +255,7 @@ def flow_run_states(output: Path) -> list[str]:
 # all, then the middling ones, so that what queues behind the pair is short. Only the order changes.
 LONG_FIRST = ["tests/test_prefect_ops.py", "tests/test_prefect_scheduling.py", "tests/test_dist.py",
               "tests/test_download.py", "tests/test_bench_smoke.py", "tests/test_feishu.py",
+              "tests/test_real_networks.py",
               "tests/test_bridge.py", "tests/test_desktop.py", "tests/test_integrity.py", "tests/test_terminal.py"]
 
 

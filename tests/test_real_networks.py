@@ -20,7 +20,7 @@ from bench.seaweed import ACCESS_KEY, SECRET_KEY
 from infra import oss_server
 from infra.feishu_server import GOOD_TOKEN, FeishuServer
 from infra.proxy import ForwardProxy
-from tests.conftest import ROOT
+from tests.conftest import ROOT, drain_prefect_workers
 from tests.stores import BIG_KEY, KeyedSeaweed, make_ca, s3_client, seed_awkward
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "OSSDL_PROXY", "AWS_CA_BUNDLE",
@@ -404,6 +404,7 @@ def test_an_assumed_roles_credential_lookup_goes_through_the_proxy(s3, proxy, tm
 def test_a_flow_run_takes_its_proxy_from_a_secret_block_never_from_parameters(prefect_api, weed, tmp_path):
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     from flows.download import download_objects
     from flows.params import DownloadParams
@@ -421,9 +422,62 @@ def test_a_flow_run_takes_its_proxy_from_a_secret_block_never_from_parameters(pr
             from infra.s3_server import ACCESS_KEY as MOTO_KEY, SECRET_KEY as MOTO_SECRET
             os.environ.update(AWS_ACCESS_KEY_ID=MOTO_KEY, AWS_SECRET_ACCESS_KEY=MOTO_SECRET)
         assert summary.downloaded == 2 and proxy.requests and all(r.authorized for r in proxy.requests)
+    drain_prefect_workers()  # the run's logs reach the API
     with get_client(sync_client=True) as client:
         runs = [r for r in client.read_flow_runs(limit=50)
                 if r.parameters.get("params", {}).get("output") == str(tmp_path / "out")]
         assert len(runs) == 1 and runs[0].parameters["params"]["proxy_block"] == "corp-proxy"
-        logs = client.read_logs()
-    assert password not in str(runs[0].parameters) + " ".join(log.message for log in logs)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])))
+    assert logs and password not in str(runs[0].parameters) + " ".join(log.message for log in logs)
+
+
+def test_the_flow_path_keeps_proxy_passwords_out_of_parameters_and_logs_no_verify(prefect_cli, weed, tmp_path):
+    """--proxy on the default path (a flow run): the proxy reaches the flow's requests through this process's
+    environment, never its parameters; --no-verify-ssl warns once on stderr and once in the flow run's log."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    password = "flag-" + uuid.uuid4().hex
+    out = tmp_path / "out"
+    with ForwardProxy(credentials=("ops", password)) as proxy:
+        done = prefect_cli(["--endpoint", f"https://s3.example.test:{weed.https_port}", "--bucket", "tls",
+                            "--output", str(out), "--no-verify-ssl", "--proxy", proxy.url_with("ops", password)],
+                           **{k: "" for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}, **S3_KEYS)
+        assert done.returncode == 0, done.stderr
+        assert proxy.requests and all(r.authorized and r.host == "s3.example.test" for r in proxy.requests)
+    assert files_under(out) == SMALL and password not in done.stdout + done.stderr
+    assert done.stderr.count("--no-verify-ssl: the store's TLS certificates are not checked") == 1
+    with get_client(sync_client=True) as client:
+        run = next(r for r in client.read_flow_runs(limit=50)
+                   if r.parameters.get("params", {}).get("output") == str(out))
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+    assert password not in str(run.parameters) and "proxy" not in run.parameters["params"]
+    assert sum("--no-verify-ssl: the store's TLS certificates are not checked" in m for m in logs) == 1
+    assert not any(password in m for m in logs)
+
+
+def test_the_failure_csv_goes_to_result_storage_through_the_proxy(prefect_api, s3, proxy, tmp_path):
+    """The CSV's upload (prefect-aws, boto3) takes the product's proxy reading like every other request."""
+    from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    from core.network import Proxies
+    from infra.s3_server import ACCESS_KEY as MOTO_KEY, SECRET_KEY as MOTO_SECRET
+    from tasks.artifacts import failed_csv_link
+    port = s3.endpoint.rsplit(":", 1)[1]
+    s3.client().create_bucket(Bucket="reports-via-proxy")
+    S3Bucket(bucket_name="reports-via-proxy", credentials=AwsCredentials(
+        aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_SECRET, region_name="us-east-1",
+        # moto reads a bucket from any host name's first label: its IP address, through the proxy all the same
+        aws_client_parameters=AwsClientParameters(endpoint_url=f"http://127.0.0.1:{port}",
+                                                  config={"s3": {"addressing_style": "path"}}))).save(
+        "reports-via-proxy", overwrite=True)
+    csv_file = tmp_path / ".oss-failed.csv"
+    csv_file.write_text("key,last_error,retry_count\nk,HTTP 500,3\n")
+    with temporary_settings({PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: "s3-bucket/reports-via-proxy"}):
+        link, where = failed_csv_link(csv_file, Proxies.from_environment({"HTTP_PROXY": proxy.url}))
+    assert where.startswith("in s3://reports-via-proxy/download-failures/") and link.startswith(
+        f"http://127.0.0.1:{port}/")
+    assert ("PUT", "127.0.0.1") in {(r.method, r.host) for r in proxy.requests}
+    stored = s3.client().get_object(Bucket="reports-via-proxy", Key=where.split("reports-via-proxy/")[1].split()[0])
+    assert stored["Body"].read() == csv_file.read_bytes()
