@@ -16,6 +16,7 @@ import errno
 import logging
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -30,14 +31,14 @@ from bridge import protocol as p
 from bridge.links import PluginLinks
 from bridge.origins import Origins
 from bridge.source import PluginSource
-from core.engine import MiB, Engine
+from core.engine import MiB, Engine, engine_for
 from core.errors import UsageError
-from core.model import MANIFEST_NAME, Plan
+from core.model import MANIFEST_NAME, Plan, Settings
 from core.network import Network
 from core.naming import UniquePaths, clean_segment
 from core.paths import prepare_output
 from core.report import human_bytes
-from core.run import Events, close_run, finish, open_run, retry_rows, round1, round2
+from core.run import Events, LocalBatches, close_run, open_run, run_job
 from core.sources.feishu import DOMAINS, FeishuClient, LinkBroker
 from core.workarea import WORK_DIR
 
@@ -89,11 +90,11 @@ class _File:
     size: int = 0  # bytes saved
 
 
-class Job(Events):
-    """One plugin job (one per connection): its folder, and a run of the shared runner fed by the plugin's
-    messages — round 1 as files arrive, round 2 and the report after complete (or a disconnect). What the
-    runner does to each file comes back here (Events) as the plugin's acks, the log and the desktop's
-    counters."""
+class PluginJob(Events):
+    """One plugin job (one per connection): its folder, and a run of the one run loop (core/run.py) whose pages
+    are the batches of files the plugin sends, in a thread of its own; round 2 and the report follow complete
+    (or a disconnect). What the runner does to each file comes back here (Events, on the engine's loop) as the
+    plugin's acks, the log and the desktop's counters."""
 
     def __init__(self, service: "BridgeService", config: p.JobConfig, send: Callable):
         self.service, self.config, self.send = service, config, send
@@ -108,10 +109,11 @@ class Job(Events):
         self.source = PluginSource(self.plugin_links, LinkBroker(service.feishu_client(), config.table_id)
                                    if config.download_mode == "token" else None)
         plan = Plan(self.folder, config.job_id or "job", max_attempts=MAX_ATTEMPTS,
-                    retry_backoff=settings.retry_backoff, path_column=True, prefix=f"{self.name} (plugin)")
+                    retry_backoff=settings.retry_backoff, path_column=True, label=f"{self.name} (plugin)")
         self.run = open_run(plan, service.engine, self.source, events=self)
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.round1 = asyncio.create_task(round1(self.run, self.queue))
+        self.batches = LocalBatches(self.run)
+        self.summary = _in_thread(run_job, self.run, self.batches)  # waits for pages until complete
+        self.batch: list = []  # the files of the message being read: one page
         self.accepting = True
         self.connected = True
         self.complete_requested = False
@@ -121,6 +123,7 @@ class Job(Events):
         self.result: dict = {}
         self._background: set[asyncio.Task] = set()
         self._progress_at = 0.0
+        self._started = asyncio.get_running_loop().time()
         self.recorded = service.recorder.begin(f"{plan.run_id}-{id(self)}", self.name, str(self.folder),
                                                config.total)
 
@@ -151,8 +154,14 @@ class Job(Events):
             raise p.ProtocolError(str(exc), req.order) from None
         self.files[req.key] = _File(req, rel)
         obj = self.source.add(req, rel)
-        self.source.upcoming([obj])
-        self.queue.put_nowait((obj, rel))
+        self.source.upcoming([obj])  # token mode: its link rides along with the next API call
+        self.batch.append(obj)
+
+    def sent(self) -> None:
+        """The end of a link message: its files are the run loop's next page."""
+        if self.batch:
+            self.source.feed(self.batch)
+            self.batch = []
 
     # -- what the runner does to each file (Events, on the loop) ----------------------------------------
     def outcome(self, obj, outcome) -> None:
@@ -237,24 +246,20 @@ class Job(Events):
     def _finish_soon(self) -> None:
         if self.finishing is None:
             self.accepting = False
-            self.queue.put_nowait(None)  # round 1 ends when the files sent so far are done
+            self.sent()
+            self.source.end()  # the listing ends with the files sent so far; round 2 and the report follow
             self.finishing = asyncio.create_task(self._finish())
+
+    def retrying(self, count: int) -> None:
+        log.info("%s: retrying %d failed file(s) with new links", self.name, count, extra={"bridge_event": True})
+        self.service.event("retry", job=self.name, count=count)
+        self._spawn(self.send(p.ack("success", f"retrying {count} failed file(s)", stage="retry_failed_files",
+                                    failed=count)))
 
     async def _finish(self) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
-            counts = await self.round1
-            # Round 2 in url mode needs the plugin for new links.
-            rows = await loop.run_in_executor(None, retry_rows, self.run) if counts.failed else []
-            if rows and (self.source.token_links is not None or self.connected):
-                log.info("%s: retrying %d failed file(s) with new links", self.name, len(rows),
-                         extra={"bridge_event": True})
-                self.service.event("retry", job=self.name, count=len(rows))
-                await self.send(p.ack("success", f"retrying {len(rows)} failed file(s)",
-                                      stage="retry_failed_files", failed=len(rows)))
-                counts.add(await round2(self.run, rows))
-            await self._report(counts, loop.time() - started)
+            await self._report(await self.summary)
         except Exception as exc:  # noqa: BLE001 - one line, and the job still ends
             log.error("%s: the job could not be finished: %s: %s", self.name, type(exc).__name__, exc,
                       extra={"bridge_event": True})
@@ -266,16 +271,13 @@ class Job(Events):
             await self.send(p.ack("error", f"the job could not be finished: {type(exc).__name__}: {exc}",
                                   stage="protocol"))
 
-    async def _report(self, counts, seconds: float) -> None:
+    async def _report(self, summary) -> None:
         loop = asyncio.get_running_loop()
-        csv_path = None
-        first_rows: list = []
+        csv_path = summary.failed_csv
+        first_rows = self.batches.first_rows
         if not self.files:
             await loop.run_in_executor(None, self._discard_empty)
             log.info("%s: no files were sent; nothing kept", self.name, extra={"bridge_event": True})
-        else:
-            summary, first_rows = await loop.run_in_executor(None, finish, self.run, counts, seconds)
-            csv_path = summary.failed_csv
         c = self.counts()
         zip_path = None
         if self.config.zip_after_download and c["completed"]:
@@ -326,11 +328,35 @@ class Job(Events):
             pass
 
     def abandon(self) -> None:
-        """The service stops with this job unfinished: what finished stays recorded; reruns resume."""
+        """The service stops with this job unfinished (its engine closed: what was in flight is cancelled):
+        what finished stays recorded; reruns resume."""
+        self.source.stop()  # the run loop stops where it is: no round 2, no report (partial files stay)
+        self.summary.thread.join(STOP_SECONDS)
         self.close()
         if self.recorded:
             c = self.counts()
             self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"]})
+
+
+def _in_thread(fn, *args) -> asyncio.Future:
+    """`fn(*args)` in a thread of its own (a job's run loop waits on the plugin for minutes: not a pool's
+    thread), as a future of the calling loop; `.thread` is the thread."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+            outcome = lambda: future.done() or future.set_result(result)  # noqa: E731
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits it
+            outcome = lambda: future.done() or future.set_exception(exc)  # noqa: E731
+        try:
+            loop.call_soon_threadsafe(outcome)
+        except RuntimeError:  # the loop is closed: the service stopped, nobody waits
+            pass
+    future.thread = threading.Thread(target=work, name="plugin-job", daemon=True)
+    future.thread.start()
+    return future
 
 
 def _new_folder(output: Path, name: str) -> Path:
@@ -353,7 +379,7 @@ class BridgeService:
         self.on_event = on_event or (lambda kind, info: None)
         self.origins = Origins(settings.allow_origins)
         self.engine: Engine | None = None
-        self.jobs: list[Job] = []
+        self.jobs: list[PluginJob] = []
         self.connections = 0
         self.stopping = False
         self._feishu: FeishuClient | None = None
@@ -375,8 +401,7 @@ class BridgeService:
             network = Network.for_api(s.proxy, "the proxy setting")
         except UsageError as exc:
             raise StartError("bad_proxy", str(exc), reason=str(exc)) from None
-        self.engine = Engine(s.download_concurrency, s.http_connect_timeout, s.download_read_timeout,
-                             network=network).__enter__()
+        self.engine = engine_for(self.run_settings(), network).__enter__()
         try:
             self._server = self.engine.run(self._listen())
         except OSError as exc:
@@ -427,6 +452,13 @@ class BridgeService:
         self.recorder.wait(max(0.2, deadline - time.monotonic()))
         self.event("stopped")
 
+    def run_settings(self) -> Settings:
+        """How hard the service's one engine pushes, for all its jobs: `download_concurrency` requests in
+        flight (the plugin's own `concurrent: 1` is not obeyed: README)."""
+        s = self.settings
+        return Settings(concurrency=s.download_concurrency, connect_timeout=s.http_connect_timeout,
+                        read_timeout=s.download_read_timeout)
+
     def status(self) -> dict:
         """The current job's counters (the latest unfinished one) and a line per finished job."""
         jobs = list(self.jobs)
@@ -468,7 +500,7 @@ class BridgeService:
     async def _handle(self, ws) -> None:
         self.connections += 1
         self.changed()
-        job: Job | None = None
+        job: PluginJob | None = None
         sending = asyncio.Lock()
 
         async def send(text: str) -> None:
@@ -498,7 +530,7 @@ class BridgeService:
                 job.disconnected()
             self.changed()
 
-    async def _message(self, raw, job: Job | None, send: Callable) -> Job | None:
+    async def _message(self, raw, job: PluginJob | None, send: Callable) -> PluginJob | None:
         kind, data = p.parse(raw, self.settings.max_message_bytes)
         if kind == p.PROBE:
             await send(p.ack("success", "ready", stage="server_info", version=p.PROTOCOL_VERSION,
@@ -510,7 +542,7 @@ class BridgeService:
             if config.download_mode == "token" and not self.settings.personal_base_token:
                 raise p.ProtocolError("token mode needs a personal base token: set PERSONAL_BASE_TOKEN"
                                       " or start the service with --personal-base-token")
-            job = Job(self, config, send)
+            job = PluginJob(self, config, send)
             self.jobs.append(job)
             n = self.settings.download_concurrency
             log.info("%s: new %s-mode job of %d file(s), saving to %s, %d downloads at once", job.name,
@@ -529,6 +561,7 @@ class BridgeService:
                     log.warning("%s: refused a file: %s", job.name, exc, extra={"bridge_event": True})
                     self.event("refused", reason=str(exc))
                     await send(_error_ack(exc))
+            job.sent()
             self.changed()
         elif kind == p.REFRESH:
             if job is None or job.plugin_links is None:

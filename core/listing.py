@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 from typing import AsyncIterator, Callable, Iterator
 
+from core.engine import Stopped
 from core.sources import Page, Source
 from core.errors import ListingError, as_download_error, retrying_sync
 
 
 def list_page(source: Source, token: str | None, attempts: int, backoff: float,
-              slot: Callable = contextlib.nullcontext) -> Page:
-    """One page, retried on retryable failures; ListingError saying why when it cannot be had."""
+              slot: Callable = contextlib.nullcontext, folders: bool = False) -> Page:
+    """One page (of the folders one level down, with `folders`), retried on retryable failures; ListingError
+    saying why when it cannot be had."""
     try:
         for attempt in retrying_sync(attempts, backoff):
             with attempt:
                 with slot():
-                    return source.list_page(token)
+                    return source.folders_page(token) if folders else source.list_page(token)
+    except Stopped:
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line
         err = as_download_error(exc)
         tries = f" after {attempts} attempts" if err.retryable and attempts > 1 else ""
@@ -84,3 +88,12 @@ async def apages(source: Source, fetch: Callable[[str | None, int], Page]) -> As
         if page is None:
             return
         yield page
+
+
+def folders(source: Source, attempts: int, backoff: float) -> list[str]:
+    """The common prefixes one '/' level below the source's prefix, in key order (where a sharded job is cut),
+    through the same retries and guard as every listing."""
+    found = []
+    for page in pages(source, lambda token, _: list_page(source, token, attempts, backoff, folders=True)):
+        found += page.folders
+    return found

@@ -63,7 +63,9 @@ class Plan:
     retry_backoff: float = 1.0
     shard: str | None = None
     path_column: bool = False            # failure CSV also names the local path (items keyed by id)
-    prefix: str = ""                     # what is listed: the failure CSV's key for an incomplete listing
+    label: str = ""                      # the listing's name: the failure CSV's key for an incomplete listing
+                                         # (a store's: the prefix listed; Feishu's: "tbl… records")
+    fail_if_empty: bool = False          # nothing selected is a failure (exit 3), not a warning
 
     @property
     def manifest_name(self) -> str:
@@ -76,7 +78,10 @@ class Plan:
 
 @dataclass(frozen=True)
 class Settings:
-    """How hard the engine may push: the one place concurrency and the limits are given to it."""
+    """How hard the engine may push: the one place concurrency and the limits are given to it.
+    `concurrency`: requests in flight at most (the engine's semaphore and connection pool); everything else
+    that runs at once derives from it there (core/rounds.py: twice as many workers, so a worker whose file is
+    being committed leaves its request slot to another)."""
     concurrency: int = 5
     connect_timeout: float = 10
     read_timeout: float = 60

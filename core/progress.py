@@ -3,15 +3,17 @@ terminal); speeds over a sliding window from the first byte on. No Prefect here 
 the Prefect artifact and log lines)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from collections import deque
+from typing import Iterator
 
 from core.model import Counts
 from core.report import human_bytes
 
-_display = None
+_display = None  # owned by use_display's caller (the command that runs a flow in its own process)
 
 
 def current():
@@ -19,10 +21,16 @@ def current():
     return _display
 
 
-def use_display(display) -> None:
-    """Let the CLI draw the progress: display.update(live, bytes_done, final) on every tick; None to stop."""
+@contextlib.contextmanager
+def use_display(display) -> Iterator[None]:
+    """While in it, the flow run of this process draws its progress on the command's display:
+    display.update(live, bytes_done, final) on every tick."""
     global _display
     _display = display
+    try:
+        yield
+    finally:
+        _display = None
 
 
 class Meter:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from core.model import FAILED_CSV_NAME, Counts, Plan, RemoteObject
 from core.selection import not_present, select
-from core.errors import DownloadError
+from core.errors import DownloadError, NothingSelected
 from core.paths import target
 from core.manifest import Manifest
 from core.workarea import Output
@@ -210,10 +210,10 @@ def earlier_run(plan: Plan) -> Iterator[tuple[Manifest | None, Output | None]]:
         out.close()
 
 
-def nothing_selected(result: "Summary | Preview", params) -> str | None:
-    """The warning for a run that selected nothing, naming the bucket and prefix and saying why; None when
-    something was selected. `params`: backend, bucket, prefix, include_suffix (DownloadParams)."""
-    source, prefix = f"{params.backend}://{params.bucket}/{params.prefix}", params.prefix
+def nothing_selected(result: "Summary | Preview", plan: Plan, where: str, hint: str = "") -> str | None:
+    """The warning for a run that selected nothing, naming what was listed (`where`, e.g. s3://bucket/prefix)
+    and saying why (`hint`: a suggestion when nothing was listed); None when something was selected. With the
+    plan's fail_if_empty, NothingSelected instead of the warning: the one place of that rule."""
     if getattr(result, "incomplete", ""):
         return None  # not empty: the listing broke off, and the run says so
     if isinstance(result, Preview):
@@ -223,12 +223,13 @@ def nothing_selected(result: "Summary | Preview", params) -> str | None:
     if selected:
         return None
     if listed:
-        return (f"nothing to download: all {listed} objects under {source} are filtered out by"
-                f" --include-suffix {','.join(params.include_suffix)}")
-    hint = ""
-    if prefix.startswith("/"):
-        hint = f" (keys rarely start with '/': did you mean --prefix {prefix.lstrip('/')}?)"
-    return f"nothing to download: no objects under {source}{hint}"
+        why = (f"nothing to download: all {listed} objects under {where} are filtered out by"
+               f" --include-suffix {','.join(plan.suffixes)}")
+    else:
+        why = f"nothing to download: no objects under {where}{f' ({hint})' if hint else ''}"
+    if plan.fail_if_empty:
+        raise NothingSelected(why)
+    return why
 
 
 def human_bytes(n: float) -> str:

@@ -1,34 +1,36 @@
-"""The one runner, for any source: round 1 (every selected object once), round 2 (the retryable failures,
-by the product's one retry policy), and the report. No Prefect here.
+"""The one run loop, for any source and any door: list page by page, round 1 of each page while listing goes on,
+the round-2 decision, round 2, the report. No Prefect here. How a batch is carried out is given to it:
 
-    prepare(run, objects)      select, refuse unsafe keys, recognise what is already here   (blocking I/O)
-    round1(run, items)         one attempt each, `concurrency` at a time                     (on the loop)
-    round2(run, rows)          the retryable failures again, with backoff, up to max_attempts (on the loop)
-    finish(run, counts, ...)   the failure CSV and the summary                                (blocking I/O)
-    run_all(run)               the four above over a whole listing (executables, --no-prefect)
+    LocalBatches (here)        on the engine's loop in this process: --no-prefect, the executables, the plugin
+                               service (whose pages are the files the plugin pushes)
+    PrefectBatches             Prefect tasks, one per page or chunk (tasks/units.py): the flows
 
-The flows call the same pieces through thin Prefect tasks (tasks/units.py); the plugin service feeds
-round 1 from its WebSocket messages (bridge/service.py).
+    open_run / close_run       a run's live objects (output lock, manifest, engine) and who closes them
+    run_job(run, batches)      the loop: look-ahead, halting, the round-2 decision, in one place
+    finish(...)                the failure CSV and the summary
+    preview(...)               what a run would download (dry run), writing nothing
+The work of one batch (select, round 1, round 2) is core/rounds.py.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import time
-from typing import Callable, Iterable
+from collections import deque
+from typing import Callable, Protocol
 
-from core import listing
+from core import listing, rounds
 from core.engine import Engine, engine_for
-from core.errors import DiskFull, DownloadError, ListingError, as_download_error, retrying
-from core.manifest import FailedRow, Manifest
-from core.model import UNKNOWN_SIZE, Counts, Outcome, Plan, RemoteObject, Settings
-from core.paths import target
+from core.errors import DownloadError, ListingError
+from core.manifest import Manifest
+from core.model import Counts, Outcome, Plan, RemoteObject, Settings
 from core.report import Preview, Summary, earlier_run, write_failed_csv
-from core.selection import Item, not_present, select
-from core.sources import Source
+from core.sources import Page, Source
 from core.workarea import Output
 
-RESTORE_REQUIRED = "restore required"
-MAX_PENDING_PAGES = 8  # listed ahead of the downloads: bounds memory (a page is at most 1,000 keys)
+LOOK_AHEAD = 8  # batches listed ahead of the downloads: memory stays flat at any bucket size (a page ≤ 1,000 keys)
+
 
 class Halt:
     """Stops every download of a run at once, from whichever batch hits the reason (a full disk): what is
@@ -56,6 +58,9 @@ class Events:
         """`on_bytes` for one attempt at `obj` (see Engine.fetch), or None."""
         return None
 
+    def retrying(self, count: int) -> None:
+        """Round 2 starts with `count` objects."""
+
 
 class Run:
     """One run's live objects, made once per process (open_run) and shared by all its batches. A plain
@@ -78,8 +83,9 @@ class Run:
 def open_run(plan: Plan, settings: Settings | Engine, source: Source | Callable[[Engine], Source],
              owner: dict | None = None, events: Events | None = None) -> Run:
     """Take the output (its lock: UsageError when another run holds it), open its manifest, start an
-    engine with the settings (or share a running one). `source` may be made from the engine (a source
-    that calls APIs on the engine's loop). The engine reaches servers through the source's network."""
+    engine with the settings on the source's network (or share a running engine). `source` may be made from
+    the engine (a source that calls APIs on the engine's loop). Whoever opens a run closes it (close_run),
+    and with it the engine it started and the source."""
     out = Output(plan.output, plan.shard, owner=owner)
     try:
         manifest = Manifest(plan.output, plan.manifest_name)
@@ -100,7 +106,7 @@ def open_run(plan: Plan, settings: Settings | Engine, source: Source | Callable[
 
 
 def close_run(run: Run) -> None:
-    """The engine first (cancelled downloads record what finished), then the manifest (its last writes),
+    """The source, the engine (cancelled downloads record what finished), the manifest (its last writes),
     then the output (the lock is released last)."""
     try:
         try:
@@ -115,169 +121,100 @@ def close_run(run: Run) -> None:
             run.out.close()
 
 
-# -- round 1 ---------------------------------------------------------------------------------------
-def prepare(run: Run, objects: list[RemoteObject]) -> tuple[Counts, list[Item]]:
-    """A listing page's selection, minus what is refused (unsafe keys, archived objects: recorded failed)
-    and what is already here (recorded done). Blocking (stat, hashing, the manifest): not on the loop."""
+# -- the loop --------------------------------------------------------------------------------------------
+class Batches(Protocol):
+    """How a run's batches are carried out. Each method returns at once with a future-like handle (done(),
+    exception(timeout), result(), cancel()) of the batch's Counts, except list_page and report."""
+
+    def list_page(self, token: str | None, page_no: int) -> Page: ...
+
+    def round1(self, objects: list[RemoteObject], page_no: int): ...
+
+    def round2(self) -> list: ...
+
+    def report(self, counts: Counts, seconds: float, incomplete: str, extra_rows: list[list],
+               notes: list[str]) -> Summary: ...
+
+
+def run_job(run: Run, batches: Batches, tick: Callable[[], None] | None = None) -> Summary:
+    """A whole run, in the caller's thread: listing page by page, each page's round 1 handed to `batches`
+    while listing goes on (at most LOOK_AHEAD waiting), round 2 when it can help, then the report. `tick()` is
+    called about ten times a second while it waits (progress). A halt (a full disk) stops the listing and
+    round 2; what finished is reported."""
+    started = time.monotonic()
     plan = run.plan
-    counts, chosen = select(objects, plan)
-    refused: list[Outcome] = []
-    todo: list[Item] = []
-    for obj in chosen:
-        try:
-            rel = target(obj, plan.strip)
-        except DownloadError as err:
-            refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False, path=obj.path))
-            continue
-        if obj.needs_restore:
-            refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False, path=obj.path))
-            counts.restore_required += 1
-            continue
-        todo.append((obj, rel))
-    fresh, adopted = not_present(run.manifest, run.out, todo)
-    counts.already_present = len(todo) - len(fresh)
-    counts.failed = len(refused)
-    run.manifest.add(refused + adopted, plan.run_id)
-    run.counts.add(counts)
-    return counts, fresh
+    counts, pending = Counts(), deque()
+    incomplete, extra_rows = "", []
+    notes = [run.manifest.warning] if run.manifest.warning else []
 
-
-async def round1(run: Run, items: list[Item] | asyncio.Queue) -> Counts:
-    """One attempt at each item, `concurrency` at a time, in the order given. `items`: a list, or a queue
-    fed as items become known (the plugin service) and closed with None. Returns what it counted; every
-    outcome is recorded as it comes (the manifest writes it within a second)."""
-    counts = Counts()
-    if isinstance(items, list):
-        run.source.upcoming([obj for obj, _ in items])
-
-    async def attempt(item: Item) -> None:
-        obj, rel = item
-        _settle(run, counts, obj, await _attempt(run, obj, rel, 1, again=False))
-    await _pool(run, items, attempt)
-    return counts
-
-
-async def _attempt(run: Run, obj: RemoteObject, rel: str, attempts: int, again: bool) -> Outcome:
-    source = run.source
-    try:
-        got = await run.engine.fetch(source.signer(obj, again), run.out, rel, obj.size, obj.etag,
-                                     source.link_expired, run.events.progress(obj))
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a row in the report
-        err = as_download_error(exc, str(run.plan.output))
-        if isinstance(err, DiskFull):
-            run.halt.trip(err)
-        return Outcome(obj.key, obj.size, obj.etag, attempts, str(err), err.retryable, path=obj.path)
-    size = got.size if obj.size == UNKNOWN_SIZE else obj.size  # a later run compares with what came
-    return Outcome(obj.key, size, obj.etag, attempts, bytes_fetched=got.size, path=obj.path, mtime_ns=got.mtime_ns)
-
-
-def _settle(run: Run, counts: Counts, obj: RemoteObject, outcome: Outcome, retried: bool = False) -> None:
-    run.manifest.add([outcome], run.plan.run_id)
-    ok = int(outcome.ok)
-    if retried:  # a failure of round 1 came out right: one fewer failed
-        change = dict(downloaded=ok, failed=-ok, bytes=outcome.bytes_fetched, retried=1)
-    else:
-        change = dict(downloaded=ok, failed=1 - ok, bytes=outcome.bytes_fetched)
-    counts.add(**change)
-    run.counts.add(**change)
-    run.events.outcome(obj, outcome)
-
-
-async def _pool(run: Run, items: Iterable | asyncio.Queue, work) -> None:
-    """`concurrency` workers taking items in order until none are left. A halt cancels them; what was in
-    flight is not counted (it resumes next run). Cancelled from outside (Ctrl-C, closing): cancelled."""
-    if isinstance(items, asyncio.Queue):
-        queue = items
-    else:
-        queue = asyncio.Queue()
-        for item in items:
-            queue.put_nowait(item)
-        queue.put_nowait(None)
-        if queue.qsize() == 1:
-            return
-
-    async def worker() -> None:
-        while run.halt.reason is None:
-            item = await queue.get()
-            if item is None:
-                queue.put_nowait(None)  # the end, for the other workers too
-                return
-            await work(item)
-    # Twice the engine's concurrency: a worker whose file is being committed holds no request slot, and
-    # the engine's semaphore still caps the requests in flight.
-    workers = [asyncio.ensure_future(worker()) for _ in range(2 * run.engine.concurrency)]
-    run.halt.tasks.update(workers)
-    try:
-        await asyncio.gather(*workers)
-    except asyncio.CancelledError:
-        if asyncio.current_task().cancelling() or run.halt.reason is None:
-            raise
-    finally:
-        run.halt.tasks.difference_update(workers)
-        for w in workers:
-            w.cancel()
-
-
-# -- round 2 ---------------------------------------------------------------------------------------
-def retry_chunks(run: Run, size: int = 1000) -> list[tuple[str, str]]:
-    """This run's retryable failures as key ranges [first, last] of at most `size` objects: round 2's units
-    of work, small and serialisable."""
-    return [(rows[0].key, rows[-1].key)
-            for rows in run.manifest.failed(run.plan.run_id, retryable_only=True, chunk=size)]
-
-
-def retry_rows(run: Run, first: str = "", last: str | None = None) -> list[FailedRow]:
-    """The retryable failures of this run in [first, last] that have attempts left."""
-    rows = []
-    for chunk in run.manifest.failed(run.plan.run_id, retryable_only=True, first=first):
-        for row in chunk:
-            if last is not None and row.key > last:
-                return rows
-            if row.attempts < run.plan.max_attempts:
-                rows.append(row)
-    return rows
-
-
-async def round2(run: Run, rows: list[FailedRow]) -> Counts:
-    """The retryable failures again, each by the product's one retry policy (backoff with jitter) until it
-    succeeds, fails for good, or has used max_attempts in all."""
-    counts = Counts()
-    run.counts.add(retrying=len(rows))
-    run.counts.phase = "round 2: retrying failed objects"
-    plan = run.plan
-    run.source.upcoming([RemoteObject(row.key, row.size, row.etag, path=row.path) for row in rows])
-
-    async def retry(row: FailedRow) -> None:
-        obj = RemoteObject(row.key, row.size, row.etag, path=row.path)
-        attempts = row.attempts
-        try:
-            rel = target(obj, plan.strip)
-        except DownloadError as err:  # cannot happen for a row round 1 made, but never a crash
-            outcome = Outcome(row.key, row.size, row.etag, attempts, str(err), False, path=row.path)
-        else:
-            await asyncio.sleep(plan.retry_backoff)  # round 1 ended a moment ago: give the store a breath
+    def settle(keep: int) -> None:
+        while len(pending) > keep:
             try:
-                async for attempt in retrying(plan.max_attempts - row.attempts, plan.retry_backoff):
-                    with attempt:
-                        attempts += 1
-                        outcome = await _attempt(run, obj, rel, attempts, again=True)
-                        if not outcome.ok and outcome.retryable and not run.halt.reason:
-                            raise _Retry(outcome)
-            except _Retry as last:
-                outcome = last.outcome
-        _settle(run, counts, obj, outcome, retried=True)
-    await _pool(run, rows, retry)
-    return counts
+                pending[0].exception(0.1)
+            except (concurrent.futures.TimeoutError, TimeoutError):
+                pass
+            if tick:
+                tick()
+            while pending and pending[0].done():
+                counts.add(pending.popleft().result())
+    try:
+        try:
+            for page_no, page in enumerate(listing.pages(run.source, batches.list_page)):
+                if run.halt.reason:
+                    break
+                pending.append(batches.round1(page.objects, page_no))
+                settle(LOOK_AHEAD)
+        except ListingError as exc:
+            incomplete, extra_rows = listing_failure(plan, exc)
+        settle(0)
+        if counts.failed and plan.max_attempts > 1 and not run.halt.reason and run.source.retry_possible():
+            pending.extend(batches.round2())
+            settle(0)
+        run.counts.phase = "finished"
+    finally:
+        for future in pending:
+            future.cancel()
+    return batches.report(counts, time.monotonic() - started, incomplete, extra_rows, notes)
 
 
-class _Retry(DownloadError):
-    """An attempt of round 2 that may succeed next time (the retry policy decides on its `retryable`)."""
+class LocalBatches:
+    """Batches on the run's engine, in this process (--no-prefect, the executables, the plugin service)."""
 
-    retryable = True
+    def __init__(self, run: Run):
+        self.run = run
+        self.first_rows: list[list] = []  # the failure CSV's, once reported (for an artifact)
 
-    def __init__(self, outcome: Outcome):
-        super().__init__(outcome.error or "")
-        self.outcome = outcome
+    def list_page(self, token: str | None, page_no: int) -> Page:
+        run = self.run
+        slot = run.engine.request_slot if run.source.lists_by_request else contextlib.nullcontext
+        return listing.list_page(run.source, token, run.plan.max_attempts, run.plan.retry_backoff, slot)
+
+    def round1(self, objects: list[RemoteObject], page_no: int):
+        return self.run.engine.submit(self._round1(objects))
+
+    async def _round1(self, objects: list[RemoteObject]) -> Counts:
+        run = self.run
+        loop = asyncio.get_running_loop()
+        counts, items = await loop.run_in_executor(None, rounds.prepare, run, objects)  # blocking: stat, hash
+        if items and run.halt.reason is None:
+            counts.add(await rounds.round1(run, items))
+        return counts
+
+    def round2(self) -> list:
+        return [self.run.engine.submit(self._round2())]
+
+    async def _round2(self) -> Counts:
+        run = self.run
+        rows = await asyncio.get_running_loop().run_in_executor(None, rounds.retry_rows, run)
+        if not rows:
+            return Counts()
+        run.events.retrying(len(rows))
+        return await rounds.round2(run, rows)
+
+    def report(self, counts: Counts, seconds: float, incomplete: str, extra_rows: list[list],
+               notes: list[str]) -> Summary:
+        summary, self.first_rows = finish(self.run, counts, seconds, incomplete, extra_rows, notes)
+        return summary
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -307,15 +244,16 @@ def finish(run: Run, counts: Counts, seconds: float, incomplete: str = "", extra
 
 
 def listing_failure(plan: Plan, exc: ListingError) -> tuple[str, list[list]]:
-    """An incomplete listing, as the summary and the failure CSV say it."""
+    """An incomplete listing, as the summary and the failure CSV say it (the CSV's key: the listing's label)."""
     incomplete = f"listing incomplete: {exc}"
-    return incomplete, [[plan.prefix or "(listing)", incomplete, plan.max_attempts]]
+    return incomplete, [[plan.label or "(listing)", incomplete, plan.max_attempts]]
 
 
 # -- a preview ------------------------------------------------------------------------------------------
 def preview(plan: Plan, settings: Settings, source: Source | Callable[[Engine], Source]) -> Preview:
     """What a run would download (the dry run, the interactive preview): count, size, already here, to
-    fetch, largest, first keys. Lists everything; writes nothing, not even the output folder."""
+    fetch, largest, first keys. Lists everything; writes nothing, not even the output folder. A source given
+    stays open (its owner closes it); one made here from the engine is closed here."""
     result = Preview()
     with engine_for(settings, source.network) as engine, earlier_run(plan) as (manifest, out):
         made = source(engine) if callable(source) and not isinstance(source, Source) else source
@@ -324,58 +262,6 @@ def preview(plan: Plan, settings: Settings, source: Source | Callable[[Engine], 
                     made, token, plan.max_attempts, plan.retry_backoff, engine.request_slot)):
                 result.add_page(page.objects, plan, manifest, out)
         finally:
-            made.close()
+            if made is not source:
+                made.close()
     return result
-
-
-# -- all of it, without Prefect -----------------------------------------------------------------------
-async def run_all(run: Run, tick: Callable[[], None] | None = None, tick_every: float = 0.1) -> Summary:
-    """List, round 1 page by page while listing goes on, round 2, report: a whole run on the engine's loop.
-    `tick()` is called every `tick_every` seconds (progress displays)."""
-    started = time.monotonic()
-    loop = asyncio.get_running_loop()
-    plan = run.plan
-    counts, pending = Counts(), set()
-    incomplete, extra_rows = "", []
-    notes = [run.manifest.warning] if run.manifest.warning else []
-    ticker = asyncio.ensure_future(_tick(tick, tick_every)) if tick else None
-
-    def fetch_page(token, page_no):
-        return listing.list_page(run.source, token, plan.max_attempts, plan.retry_backoff, run.engine.request_slot)
-    try:
-        try:
-            async for page in listing.apages(run.source, fetch_page):
-                if run.halt.reason:
-                    break
-                prepared, items = await loop.run_in_executor(None, prepare, run, page.objects)
-                counts.add(prepared)
-                pending.add(asyncio.ensure_future(round1(run, items)))
-                while len(pending) >= MAX_PENDING_PAGES:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        counts.add(task.result())
-        except ListingError as exc:
-            incomplete, extra_rows = listing_failure(plan, exc)
-        for task in pending:
-            counts.add(await task)
-        pending = set()
-        if counts.failed and plan.max_attempts > 1 and not run.halt.reason:
-            rows = await loop.run_in_executor(None, retry_rows, run)
-            if rows:
-                counts.add(await round2(run, rows))
-        run.counts.phase = "finished"
-    finally:
-        for task in pending:
-            task.cancel()
-        if ticker:
-            ticker.cancel()
-            tick()
-    summary, _ = await loop.run_in_executor(None, finish, run, counts, time.monotonic() - started, incomplete,
-                                            extra_rows, notes)
-    return summary
-
-
-async def _tick(tick: Callable[[], None], every: float) -> None:
-    while True:
-        tick()
-        await asyncio.sleep(every)

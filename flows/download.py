@@ -16,7 +16,6 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from core.errors import NothingSelected
 from core.network import NO_VERIFY_WARNING
 from core.paths import prepare_output
 from core.report import Preview, Summary, nothing_selected
@@ -32,16 +31,11 @@ def download_objects(params: DownloadParams) -> Summary | Preview:
         get_run_logger().warning(NO_VERIFY_WARNING)
     job = params.job(str(flow_run.id or uuid.uuid4().hex))
     if params.dry_run:  # a dry run creates nothing, not even the output folder
-        return _check_selected(preview_all(job), params)
-    prepare_output(params.output)
-    return final_state(_check_selected(download_all(job, flow_run.id), params))
-
-
-def _check_selected(result: Summary | Preview, params: DownloadParams) -> Summary | Preview:
-    """Warn (or fail, with fail_if_empty) when nothing was selected: a wrong prefix or filter looks like success."""
-    why = nothing_selected(result, params)
-    if why and params.fail_if_empty:
-        raise NothingSelected(why)
+        result = preview_all(job)
+    else:
+        prepare_output(params.output)
+        result = download_all(job, flow_run.id)
+    why = nothing_selected(result, job.plan, params.where, params.empty_hint)  # fail_if_empty: raises
     if why:
         get_run_logger().warning(why)
-    return result
+    return result if params.dry_run else final_state(result)

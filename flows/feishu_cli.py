@@ -7,17 +7,10 @@ import argparse
 import os
 import sys
 
-from flows.cli import (
-    RESUMES,
-    Session,
-    exit_code,
-    on_ctrl_c,
-    prefect_available,
-    prefect_ready,
-    print_result,
-    start_temporary_server,
-    validated,
-)
+from flows.arguments import prefect_available, validated
+from flows.cli import Session, job_source
+from flows.console import print_result
+from flows.signals import RESUMES, exit_code, on_ctrl_c
 
 LISTS = ("attachment_fields", "name_fields", "folder_fields")
 
@@ -70,8 +63,7 @@ def check_source(params) -> None:
     from pathlib import Path
 
     from core.engine import Engine
-    from tasks.runs import source_of
-    make = source_of(params.job("check", Path(params.output)))
+    make = job_source(params.job("check", Path(params.output)))
     with Engine(1, network=make.network) as engine:
         source = make(engine)
         try:
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               " none): set PERSONAL_BASE_TOKEN and --proxy instead", file=sys.stderr)
         return 2
     session = Session()
-    on_ctrl_c(session)
+    on_ctrl_c(session.stop_server_at_once)
 
     def run() -> int:
         params = params_from_args(values)
@@ -100,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         session.downloading = not params.dry_run
         if not prefect:
             return print_result(run_on_the_core(params))
+        from flows.local_server import prefect_ready, start_temporary_server
         session.server = start_temporary_server()
         download_attachments = prefect_ready(session.server, False, "flows.feishu:download_attachments")
         return print_result(download_attachments(params))
@@ -115,14 +108,13 @@ def run_on_the_core(params):
     from core import run as core_run
     from core.paths import prepare_output
     from core.zipper import zip_folder
-    from tasks.runs import source_of
     job = params.job(uuid.uuid4().hex, Path(params.output).expanduser().resolve())
     if params.dry_run:
-        return core_run.preview(job.plan, job.settings, source_of(job))
+        return core_run.preview(job.plan, job.settings, job_source(job))
     folder = prepare_output(job.plan.output)
-    run = core_run.open_run(job.plan, job.settings, source_of(job))
+    run = core_run.open_run(job.plan, job.settings, job_source(job))
     try:
-        summary = run.engine.run(core_run.run_all(run))
+        summary = core_run.run_job(run, core_run.LocalBatches(run))
     finally:
         core_run.close_run(run)
     if params.zip:

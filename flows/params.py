@@ -23,28 +23,39 @@ class DownloadParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["s3", "oss"] = Field(
-        "s3", title="Backend", description="s3: any S3-compatible store (boto3); oss: Aliyun OSS (oss2).")
+        "s3", title="Backend",
+        description="s3: any S3-compatible store (SigV4); oss: Aliyun OSS (V1 signatures; V4 with a region).")
     endpoint: str | None = Field(
         None, title="Endpoint URL",
-        description="e.g. https://oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000; empty: AWS S3.")
+        description="The store's URL, e.g. https://oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000; empty:"
+                    " AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL if set, else AWS S3 (s3 only).")
     bucket: str = Field(..., title="Bucket", min_length=1)
-    prefix: str = Field("", title="Prefix", description="Only keys starting with this; '' for the whole bucket.")
+    prefix: str = Field("", title="Prefix", description="Only keys starting with this, e.g. data/2024/ (keys rarely"
+                                                        " start with '/'); empty: the whole bucket.")
     output: str = Field("./downloads", title="Output folder",
                         description="Local folder; keys land below it without the prefix's folder part.")
     concurrency: int = Field(5, ge=1, le=MAX_CONCURRENCY, title="Concurrency",
-                             description="Requests in flight at most (listing included).")
+                             description="Requests in flight at most, listing included (1-256).")
     include_suffix: list[str] = Field(
         default_factory=list, title="Include suffixes",
-        description="Only keys ending with one of these, case-insensitive (e.g. .jpg, .png); empty: all.")
-    dry_run: bool = Field(False, title="Dry run", description="List and preview only; download nothing.")
+        description="Comma-separated suffixes or glob patterns, case-insensitive: .jpg,.png or"
+                    " '*.jpg,photos/**/*.png' (* within a folder name, ** across folders); empty: all.")
+    dry_run: bool = Field(False, title="Dry run",
+                          description="List and preview (count, size, already present, to fetch, largest, first"
+                                      " keys); download and create nothing.")
     max_attempts: int = Field(3, ge=1, le=10, title="Max attempts",
-                              description="Attempts per object in all (round 1 + round 2).")
-    region: str | None = Field(None, title="Region", description="Signing region (S3, or OSS V4 signing).")
-    profile: str | None = Field(None, title="AWS profile", description="Named profile for S3 credentials.")
-    addressing_style: Literal["auto", "path", "virtual"] = Field("auto", title="S3 addressing style")
+                              description="Attempts per object in all, round 1 + round 2 (1-10).")
+    region: str | None = Field(None, title="Region",
+                               description="Signing region (S3; OSS: switches to V4 signatures, e.g. cn-hangzhou).")
+    profile: str | None = Field(None, title="AWS profile", description="S3: a named profile from ~/.aws/config.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", title="S3 addressing style",
+        description="S3 bucket addressing: auto is path style for an endpoint given, virtual-hosted for AWS and"
+                    " OSS's S3 API.")
     cname: bool = Field(False, title="OSS custom domain", description="The endpoint is a CNAME bound to the bucket.")
-    connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
-    read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
+    connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)", description="Per request, seconds.")
+    read_timeout: float = Field(60, ge=0, title="Read timeout (s)",
+                                description="Seconds without data before a request fails; 0: no limit.")
     low_speed_limit: float = Field(1024, ge=0, title="Low-speed limit (bytes/s)",
                                    description="A download slower than this for the low-speed time fails as too"
                                                " slow and is retried (curl's rule); 0: no limit.")
@@ -52,12 +63,14 @@ class DownloadParams(BaseModel):
                                   description="How long a download may stay below the low-speed limit.")
     fsync: bool = Field(False, title="Sync every file",
                         description="Make each file durable before it gets its final name (slower); by default"
-                                    " the run syncs the output once before it reports.")
+                                    " the run syncs the output once before it reports, so exit 0 still means on"
+                                    " disk.")
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
-                                 description="First wait of round 2's exponential backoff.")
+                                 description="First wait of round 2's exponential backoff, seconds.")
     max_requests_per_second: float | None = Field(
         None, gt=0, title="Max requests per second",
-        description="For stores that throttle: request starts per second in this process; empty: no limit.")
+        description="For stores that throttle: at most this many request starts per second in this process;"
+                    " empty: no cap.")
     credentials_block: str | None = Field(
         None, title="Credentials block",
         description="Name of a Prefect block with the store's keys: AWS Credentials (prefect-aws), OSS Credentials,"
@@ -79,8 +92,8 @@ class DownloadParams(BaseModel):
     shard: str | None = Field(None, title="Shard name", pattern=r"^[A-Za-z0-9_-]{1,64}$",
                               description="Set by the sharded flow: its own manifest and failure CSV.")
     fail_if_empty: bool = Field(False, title="Fail if nothing is selected",
-                                description="Fail the run (CLI: exit 3) when the prefix lists no objects or the"
-                                            " suffix filter leaves none; otherwise it only warns.")
+                                description="Fail the run (command line: exit 3) when the prefix lists no objects"
+                                            " or the suffix filter leaves none; otherwise it only warns (exit 0).")
 
     @field_validator("include_suffix", mode="before")
     @classmethod
@@ -103,7 +116,19 @@ class DownloadParams(BaseModel):
     def plan(self, run_id: str) -> Plan:
         return Plan(Path(self.output).expanduser().resolve(), run_id, prefix_folder(self.prefix),
                     tuple(self.include_suffix), self.max_attempts, self.retry_backoff, self.shard,
-                    prefix=self.prefix)
+                    label=self.prefix, fail_if_empty=self.fail_if_empty)
+
+    @property
+    def where(self) -> str:
+        """What is listed, for people: s3://bucket/prefix."""
+        return f"{self.backend}://{self.bucket}/{self.prefix}"
+
+    @property
+    def empty_hint(self) -> str:
+        """What to suggest when the prefix lists nothing."""
+        if self.prefix.startswith("/"):
+            return f"keys rarely start with '/': did you mean --prefix {self.prefix.lstrip('/')}?"
+        return ""
 
     def job(self, run_id: str) -> Job:
         """The run as data for the runner and its tasks: no secret, only the name of its block."""
@@ -161,7 +186,7 @@ class FeishuParams(BaseModel):
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)")
     api_requests_per_second: float = Field(2.0, gt=0, le=100, title="API requests per second",
                                            description="The base token's limit (2/s per base).")
-    connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)")
+    connect_timeout: float = Field(10, gt=0, title="Connect timeout (s)", description="Per request, seconds.")
     read_timeout: float = Field(60, ge=0, title="Read timeout (s)", description="0: no limit.")
     dry_run: bool = Field(False, title="Dry run", description="List and preview only.")
     proxy_block: str | None = Field(
@@ -190,6 +215,6 @@ class FeishuParams(BaseModel):
     def job(self, run_id: str, output: Path) -> Job:
         """The run as data: the job folder below the output, no token (only the name of its block)."""
         plan = Plan(output / self.folder_name, run_id, max_attempts=self.max_attempts,
-                    retry_backoff=self.retry_backoff, path_column=True, prefix=f"{self.table_id} records")
+                    retry_backoff=self.retry_backoff, path_column=True, label=f"{self.table_id} records")
         settings = Settings(self.concurrency, self.connect_timeout, self.read_timeout)
         return Job(plan, settings, self.spec(), self.token_block, self.proxy_block)

@@ -22,7 +22,8 @@ from flows.params import DownloadParams, with_deployment_defaults
 from tasks import artifacts
 from tasks.runs import source_of
 from core.model import Counts
-from core.errors import UsageError
+from core import listing
+from core.errors import ListingError, UsageError
 from core.paths import prepare_output
 from core.report import Summary
 from core.shards import merge_failed_csvs, shard_names, split, counts_from_rows
@@ -118,7 +119,14 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
     output = prepare_output(params.output)
     with get_client(sync_client=True) as client:
         pool = _check_pool(client, deployment)
-    ranges = split(source_of(params.job("shard-split")).folders(), shards)
+    job = params.job("shard-split")
+    source = source_of(job)
+    try:
+        ranges = split(listing.folders(source, job.plan.max_attempts, job.plan.retry_backoff), shards)
+    except ListingError as exc:
+        raise UsageError(f"cannot cut {params.where} into shards: {exc}") from None
+    finally:
+        source.close()
     names = shard_names(len(ranges))
     children = []
     for name, (after, before) in zip(names, ranges):
@@ -146,7 +154,9 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import build_parser, exit_code, params_from_args, print_result
+    from flows.arguments import build_parser, params_from_args
+    from flows.console import print_result
+    from flows.signals import exit_code
 
     def bounded(kind, low, high):
         def parse(text: str):

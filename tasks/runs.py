@@ -1,20 +1,20 @@
-"""A run's live objects in each process that works on it, made from its Job (picklable, no secrets) the first
-time a task of that run needs them; and Prefect flow runs left behind by killed runs.
+"""A flow run's live objects, made from its Job (picklable, no secrets: a block's secret is read here, in the
+process that uses it) and held by the flow for its whole run; its tasks find them here by the run's id; and
+Prefect flow runs left behind by killed runs.
 
-Tasks take the Job and page descriptors, never live clients: a task could be retried, or run in another
-process, and would build what it needs here — the store's client with the secret read from its Prefect
-block in that process, the engine, the manifest and the output's lock."""
+Tasks take the Job and page descriptors, never live clients. The flow that holds a run opens and closes it
+(`held`); its tasks run in the flow's process (the flows' task runner is a thread pool: one engine, one
+connection pool and one concurrency cap per process, which a process or Dask task runner would split)."""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
-import sys
 import threading
+from typing import Iterator
 
 from core import run as core_run
 from core.model import Job
-from core.network import Network
-from core.sources import Deferred, StoreConfig, make_source
+from core.sources import StoreConfig, open_source
 
 log = logging.getLogger(__name__)
 _runs: dict[str, core_run.Run] = {}
@@ -22,42 +22,40 @@ _lock = threading.Lock()
 
 
 def source_of(job: Job):
-    """The live source of a job (or a maker of it, given the engine), its secret and proxy loaded in this
-    process."""
-    spec = job.source
-    proxy = None
-    if job.proxy_block:
-        from tasks.credentials import proxy_from_block
-        proxy = proxy_from_block(job.proxy_block)
-    if isinstance(spec, StoreConfig):
-        from tasks.credentials import load_block_credentials
-        credentials = load_block_credentials(job.secret) if job.secret else {}
-        return make_source(dataclasses.replace(spec, credentials=credentials, proxy=proxy))
-    # A FeishuSpec exists only once its module is imported (by whoever made the job, or by unpickling it), so an
-    # S3 or OSS run does not import the Feishu source (~8 ms of an empty prefix's start-up).
-    feishu = sys.modules.get("core.sources.feishu")
-    if feishu is not None and isinstance(spec, feishu.FeishuSpec):
-        from tasks.credentials import personal_base_token
-        token = personal_base_token(job.secret)
-        return Deferred(lambda engine: spec.source(token, engine),
-                        Network.for_api(proxy, f"proxy block {job.proxy_block!r}"))
-    raise TypeError(f"no source for {type(spec).__name__}")
+    """The live source of a job, with the secrets its Prefect blocks hold read in this process."""
+    from tasks.credentials import load_block_credentials, personal_base_token, proxy_from_block
+    proxy = proxy_from_block(job.proxy_block) if job.proxy_block else None
+    where = f"proxy block {job.proxy_block!r}"
+    if isinstance(job.source, StoreConfig):
+        return open_source(job, load_block_credentials(job.secret) if job.secret else None, proxy=proxy,
+                           proxy_source=where)
+    return open_source(job, token=personal_base_token(job.secret) if job.secret else None, proxy=proxy,
+                       proxy_source=where)
 
 
-def open_job(job: Job, owner: dict | None = None) -> core_run.Run:
-    """This process's run of the job, opened once (the output's lock taken, the engine started)."""
+@contextlib.contextmanager
+def held(job: Job, owner: dict | None = None) -> Iterator[core_run.Run]:
+    """Open the job's run (the output's lock taken, the engine started) for the flow's whole run, and close
+    it at the end; its tasks find it with run_of."""
+    run = core_run.open_run(job.plan, job.settings, source_of(job), owner)
+    with _lock:
+        _runs[job.plan.run_id] = run
+    try:
+        yield run
+    finally:
+        with _lock:
+            del _runs[job.plan.run_id]
+        core_run.close_run(run)
+
+
+def run_of(job: Job) -> core_run.Run:
+    """The run a task works on: held by its flow in this process."""
     with _lock:
         run = _runs.get(job.plan.run_id)
-        if run is None:
-            run = _runs[job.plan.run_id] = core_run.open_run(job.plan, job.settings, source_of(job), owner)
-        return run
-
-
-def close_job(job: Job) -> None:
-    with _lock:
-        run = _runs.pop(job.plan.run_id, None)
-    if run is not None:
-        core_run.close_run(run)
+    if run is None:
+        raise RuntimeError(f"run {job.plan.run_id} is not held in this process (its flow holds it: tasks"
+                           " run in the flow's task runner, a thread pool)")
+    return run
 
 
 def mark_crashed(previous_owner: dict, current_run_id) -> None:

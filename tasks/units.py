@@ -12,14 +12,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from core import listing
+from core import rounds
 from core import run as core_run
 from core.engine import Stopped
 from core.model import Counts, Job, RemoteObject
 from core.report import Preview, Summary
 from core.sources import Page
 from tasks import artifacts
-from tasks.runs import open_job
+from tasks.runs import run_of
 
 unit = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -51,18 +51,16 @@ def _truthful(counts: Counts, failed: int, of: int, what: str):
 
 @unit(name="list-page", task_run_name="list-page-{page_no}")
 def list_page(job: Job, token: str | None, page_no: int) -> Page:
-    run = open_job(job)
-    plan = job.plan
-    return listing.list_page(run.source, token, plan.max_attempts, plan.retry_backoff, run.engine.request_slot)
+    return core_run.LocalBatches(run_of(job)).list_page(token, page_no)
 
 
 @unit(name="download-batch", task_run_name="download-batch-{page_no}")
 def download_batch(job: Job, batch: Batch, page_no: int):
-    run = open_job(job)
-    counts, items = core_run.prepare(run, batch.objects)
+    run = run_of(job)
+    counts, items = rounds.prepare(run, batch.objects)
     if items and run.halt.reason is None:
         try:
-            counts.add(run.engine.run(core_run.round1(run, items)))
+            counts.add(run.engine.run(rounds.round1(run, items)))
         except Stopped:
             pass  # Ctrl-C: what finished is recorded, the rest resumes next run
     return _truthful(counts, counts.failed, counts.listed - counts.filtered_out, f"round 1 of page {page_no}")
@@ -70,12 +68,12 @@ def download_batch(job: Job, batch: Batch, page_no: int):
 
 @unit(name="retry-failed", task_run_name="retry-failed-{first}")
 def retry_failed(job: Job, first: str, last: str):
-    run = open_job(job)
-    rows = core_run.retry_rows(run, first, last)
+    run = run_of(job)
+    rows = rounds.retry_rows(run, first, last)
     if not rows or run.halt.reason is not None:
         return Counts()
     try:
-        counts = run.engine.run(core_run.round2(run, rows))
+        counts = run.engine.run(rounds.round2(run, rows))
     except Stopped:
         return Counts()
     return _truthful(counts, len(rows) - counts.downloaded, len(rows), "round 2")
@@ -84,7 +82,7 @@ def retry_failed(job: Job, first: str, last: str):
 @unit(name="report")
 def report(job: Job, counts: Counts, seconds: float, incomplete: str = "", extra_rows: list[list] = (),
            notes: list[str] = ()) -> Summary:
-    run = open_job(job)
+    run = run_of(job)
     summary, first_rows = core_run.finish(run, counts, seconds, incomplete, list(extra_rows), list(notes))
     artifacts.publish_summary(summary, first_rows, run.engine.network.proxies)
     return summary
@@ -93,3 +91,52 @@ def report(job: Job, counts: Counts, seconds: float, incomplete: str = "", extra
 @unit(name="publish-preview")
 def publish_preview(preview: Preview) -> None:
     artifacts.publish_preview(preview)
+
+
+class PrefectBatches:
+    """The one run loop's batches (core/run.py run_job) as task runs of the flow: a list-page task per page, a
+    download-batch per page (up to the flow's task runner's threads at once), retry-failed per chunk of round 2,
+    and the report task."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def list_page(self, token: str | None, page_no: int) -> Page:
+        return list_page(self.job, token, page_no)
+
+    def round1(self, objects: list[RemoteObject], page_no: int):
+        return _Counted(download_batch.submit(self.job, Batch(objects), page_no))
+
+    def round2(self) -> list:
+        chunks = rounds.retry_chunks(run_of(self.job))
+        if not chunks:
+            return []
+        return [_Counted(f) for f in retry_failed.map(self.job, [a for a, _ in chunks], [b for _, b in chunks])]
+
+    def report(self, counts: Counts, seconds: float, incomplete: str, extra_rows: list[list],
+               notes: list[str]) -> Summary:
+        return report(self.job, counts, seconds, incomplete, extra_rows, notes)
+
+
+class _Counted:
+    """A task's future as the loop waits for it: done in this process, its Counts whatever its state. The
+    API learns of task runs from events, which can come late or never (a flow that waited for its copy hung
+    forever); a task that ended Failed (objects failed) still carries its counts as the state's data."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.wrapped_future.done()
+
+    def exception(self, timeout: float | None = None):
+        return self.future.wrapped_future.exception(timeout)
+
+    def result(self) -> Counts:
+        result = self.future.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def cancel(self) -> bool:
+        return self.future.wrapped_future.cancel()

@@ -67,7 +67,7 @@ def run_on_the_core(fs: FeishuServer, out: Path, monkeypatch, **params):
     prepare_output(job.plan.output)
     run = core_run.open_run(job.plan, job.settings, source_of(job))
     try:
-        return run.engine.run(core_run.run_all(run))
+        return core_run.run_job(run, core_run.LocalBatches(run))
     finally:
         core_run.close_run(run)
 

@@ -163,7 +163,7 @@ def test_every_get_of_the_engine_waits_its_turn(oss, tmp_path):
 
 def test_the_flag_reaches_the_engine():
     from core.engine import engine_for
-    from flows.cli import build_parser, params_from_args
+    from flows.arguments import build_parser, params_from_args
     args = build_parser().parse_args(["--bucket", "b", "--max-requests-per-second", "4"])
     engine = engine_for(params_from_args(args).job("r").settings)
     assert engine._rate.interval == 0.25

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from core import run as core_run
+from core import rounds, run as core_run
 from core.errors import DiskFull, ListingError
 from core.model import Plan, Settings
 from core.report import CSV_HEADER
@@ -33,7 +33,7 @@ class World:
         self.config = StoreConfig(backend="oss", bucket=self.bucket, prefix="d/", endpoint=oss.endpoint,
                                   credentials={"access_key_id": oss_server.ACCESS_KEY,
                                                "secret_access_key": oss_server.SECRET_KEY})
-        self.plan = Plan(root / "out", "run-1", strip="d/", max_attempts=3, retry_backoff=0.01, prefix="d/")
+        self.plan = Plan(root / "out", "run-1", strip="d/", max_attempts=3, retry_backoff=0.01, label="d/")
         self.settings = Settings(concurrency=4, read_timeout=5)
         self.runs = []
 
@@ -77,13 +77,13 @@ def world(oss, tmp_path):
 
 
 def round1(run, items):
-    return run.engine.run(core_run.round1(run, items))
+    return run.engine.run(rounds.round1(run, items))
 
 
 def test_prepare_refuses_unsafe_and_archived_keys_and_skips_what_is_here(world):
     world.put("d/present.txt")
     first = world.open(run_id="run-0")
-    counts, items = core_run.prepare(first, world.listed(first))
+    counts, items = rounds.prepare(first, world.listed(first))
     round1(first, items)
     world.close(first)
 
@@ -93,7 +93,7 @@ def test_prepare_refuses_unsafe_and_archived_keys_and_skips_what_is_here(world):
     world.put("d/folder/", b"")
     world.put("d/skipped.gif", b"gif")
     run = world.open(suffixes=(".jpg", ".txt", ".sqlite"))
-    counts, items = core_run.prepare(run, world.listed(run))
+    counts, items = rounds.prepare(run, world.listed(run))
     assert (counts.listed, counts.filtered_out, counts.already_present, counts.failed, counts.restore_required) == \
         (7, 1, 1, 3, 1)
     assert [(obj.key, rel) for obj, rel in items] == [("d/a.jpg", "a.jpg"), ("d/b.txt", "b.txt")]
@@ -113,7 +113,7 @@ def test_round1_tries_each_object_once_and_records_every_outcome(world):
     world.oss.add_fault(world.bucket, "d/denied", "status", status=403, code="AccessDenied")
     world.oss.add_fault(world.bucket, "d/gone", "status", status=404, code="NoSuchKey")
     run = world.open()
-    _, items = core_run.prepare(run, world.listed(run))
+    _, items = rounds.prepare(run, world.listed(run))
     counts = round1(run, items)
     assert (counts.downloaded, counts.failed, counts.bytes) == (2, 3, 6000)
     assert world.files() == {"ok1": bodies["d/ok1"], "ok2": bodies["d/ok2"]}
@@ -133,14 +133,14 @@ def test_round2_takes_only_retryable_failures_with_attempts_left(world):
         world.oss.add_fault(world.bucket, key, "status", status=500, times=1)
     world.oss.add_fault(world.bucket, "d/c-denied", "status", status=403, code="AccessDenied")
     run = world.open()
-    _, items = core_run.prepare(run, world.listed(run))
+    _, items = rounds.prepare(run, world.listed(run))
     round1(run, items)
-    assert [row.key for row in core_run.retry_rows(run)] == ["d/a-flaky", "d/b-flaky", "d/d-flaky"]
-    assert [row.key for row in core_run.retry_rows(run, "d/b", "d/c")] == ["d/b-flaky"]
-    assert core_run.retry_chunks(run, size=2) == [("d/a-flaky", "d/b-flaky"), ("d/d-flaky", "d/d-flaky")]
+    assert [row.key for row in rounds.retry_rows(run)] == ["d/a-flaky", "d/b-flaky", "d/d-flaky"]
+    assert [row.key for row in rounds.retry_rows(run, "d/b", "d/c")] == ["d/b-flaky"]
+    assert rounds.retry_chunks(run, size=2) == [("d/a-flaky", "d/b-flaky"), ("d/d-flaky", "d/d-flaky")]
     world.close(run)
     once = world.open(max_attempts=1)                  # the same run's rows, with no attempts left
-    assert core_run.retry_rows(once) == []
+    assert rounds.retry_rows(once) == []
 
 
 def test_round2_retries_by_the_one_policy_until_success_or_max_attempts(world):
@@ -151,9 +151,9 @@ def test_round2_retries_by_the_one_policy_until_success_or_max_attempts(world):
     world.oss.add_fault(world.bucket, "d/then-404", "status", status=404, code="NoSuchKey", times=1)
     world.oss.add_fault(world.bucket, "d/denied", "status", status=403, code="AccessDenied")
     run = world.open()
-    _, items = core_run.prepare(run, world.listed(run))
+    _, items = rounds.prepare(run, world.listed(run))
     assert round1(run, items).failed == 4
-    counts = run.engine.run(core_run.round2(run, core_run.retry_rows(run)))
+    counts = run.engine.run(rounds.round2(run, rounds.retry_rows(run)))
     # Round 2 counts what came right out of round 1's failures: one fewer failed for each.
     assert (counts.downloaded, counts.failed, counts.retried) == (1, -1, 3)
     assert run.counts.retrying == 3 and run.counts.retried == 3
@@ -176,7 +176,7 @@ def test_finish_writes_the_csv_and_the_summary_and_keeps_partials_only_when_usef
     world.put("d/denied")
     world.oss.add_fault(world.bucket, "d/denied", "status", status=403, code="AccessDenied")
     run = world.open()
-    counts, items = core_run.prepare(run, world.listed(run))
+    counts, items = rounds.prepare(run, world.listed(run))
     counts.add(round1(run, items))
     partial = run.out.temp_name("elsewhere", "part")
     os.close(run.out.create_temp(partial))
@@ -192,7 +192,7 @@ def test_finish_writes_the_csv_and_the_summary_and_keeps_partials_only_when_usef
     world.oss.clear_faults()
     world.close(run)
     again = world.open(run_id="run-2")
-    counts, items = core_run.prepare(again, world.listed(again))
+    counts, items = rounds.prepare(again, world.listed(again))
     counts.add(round1(again, items))
     summary, first = core_run.finish(again, counts, 1.0)
     assert (summary.already_present, summary.downloaded, summary.failed, summary.ok) == (1, 1, 0, True)
@@ -207,7 +207,7 @@ def test_run_all_lists_downloads_retries_and_reports(world):
     world.oss.add_list_fault(world.bucket, "status", page=0, times=1, status=500, code="InternalError")
     run = world.open()
     ticks = []
-    summary = run.engine.run(core_run.run_all(run, tick=lambda: ticks.append(run.counts.done)))
+    summary = core_run.run_job(run, core_run.LocalBatches(run), tick=lambda: ticks.append(run.counts.done))
     assert summary.ok and (summary.listed, summary.downloaded, summary.failed) == (12, 12, 0)
     assert world.files() == {k[2:]: v for k, v in bodies.items()}
     assert world.gets("d/03") == 3 and world.gets("d/07") == 2 and world.oss.list_count(world.bucket) == 2
@@ -219,7 +219,7 @@ def test_run_all_reports_an_incomplete_listing_and_keeps_what_it_got(world):
         world.put(f"d/{i}")
     world.oss.add_list_fault(world.bucket, "status", page=None, status=503, code="SlowDown")
     run = world.open()
-    summary = run.engine.run(core_run.run_all(run))
+    summary = core_run.run_job(run, core_run.LocalBatches(run))
     assert not summary.ok and summary.incomplete.startswith("listing incomplete: listing failed after 3 attempts")
     assert read_csv(summary.failed_csv)[1:] == [["d/", summary.incomplete, "3"]]
     assert world.oss.list_count(world.bucket) == 3 and world.files() == {}
@@ -232,7 +232,7 @@ def test_a_halt_stops_every_download_of_the_run(world):
         world.put(f"d/{i:02d}")
     world.put("d/a/../unsafe")                                          # a failure: partials would be kept...
     run = world.open()
-    counts, items = core_run.prepare(run, world.listed(run))
+    counts, items = rounds.prepare(run, world.listed(run))
     assert counts.failed == 1
 
     class FullAfterTheFirst(core_run.Events):

@@ -93,7 +93,7 @@ def listed(config: StoreConfig, page_size: int = 5) -> list[str]:
 def test_shards_listed_from_the_store_add_up_to_the_whole_prefix(source_config, shards):
     import dataclasses
     config, keys = source_config
-    folders = make_source(config).folders()
+    folders = listing.folders(make_source(config), 3, 0.01)
     assert folders == [f"data/{f}/" for f in "abcdefgh"]
     whole = listed(config)
     assert whole == keys

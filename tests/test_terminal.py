@@ -428,7 +428,7 @@ def test_dry_run_prints_the_interactive_preview_and_creates_nothing(s3, bucket, 
 
 @pytest.mark.parametrize("program", ["oss-download", "python -m flows.download"])
 def test_help_describes_every_flag_with_examples_credentials_and_exit_codes(program, tmp_path):
-    from flows.cli import build_parser
+    from flows.arguments import build_parser
     command = ([str(Path(sys.executable).parent / "oss-download")] if program == "oss-download" else
                [sys.executable, "-m", "flows.download"])
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="100")

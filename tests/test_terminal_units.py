@@ -2,10 +2,11 @@
 the first byte, the summary and preview texts, the empty-run warning."""
 from __future__ import annotations
 
-from types import SimpleNamespace
+import re
 
 import pytest
 
+from core.errors import NothingSelected
 from core.model import Counts
 from core.model import RemoteObject
 from core.paths import parse_suffixes, wanted
@@ -89,6 +90,11 @@ def test_preview_says_what_is_present_and_what_is_left():
     ("data/", 7, 6, None),
 ])
 def test_an_empty_selection_says_why(prefix, listed, filtered, expected):
-    params = SimpleNamespace(backend="s3", bucket="b", prefix=prefix, include_suffix=["*.jpg"])
+    from flows.params import DownloadParams
+    params = DownloadParams(bucket="b", prefix=prefix, include_suffix=["*.jpg"])
     summary = Summary.of(Counts(listed=listed, filtered_out=filtered), 1.0, None)
-    assert nothing_selected(summary, params) == expected
+    assert nothing_selected(summary, params.plan("r"), params.where, params.empty_hint) == expected
+    if expected:  # the rule of --fail-if-empty, in the same place
+        strict = params.model_copy(update={"fail_if_empty": True})
+        with pytest.raises(NothingSelected, match=re.escape(expected)):
+            nothing_selected(summary, strict.plan("r"), strict.where, strict.empty_hint)

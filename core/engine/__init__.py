@@ -130,6 +130,10 @@ class Engine:
         except concurrent.futures.CancelledError:
             raise Stopped() from None
 
+    def submit(self, coro) -> concurrent.futures.Future:
+        """Start a coroutine on the engine's loop from another thread; its future at once."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     def in_files(self, fn, *args):
         """Run a blocking file-system call in the engine's file threads (awaitable, on the loop)."""
         return asyncio.get_running_loop().run_in_executor(self._files, fn, *args)

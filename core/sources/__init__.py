@@ -2,7 +2,8 @@
 sign; the engine fetches every byte."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import sys
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from core.errors import DownloadError, HTTPStatusError, ProxyRefused, TLSError, UsageError, clock_off
@@ -22,6 +23,7 @@ class Page:
     objects: list[RemoteObject]
     next_token: str | None = None
     truncated: bool = False  # the store says more follows (and then next_token must say from where)
+    folders: list[str] = field(default_factory=list)  # common prefixes, when listed with a delimiter
 
 
 @dataclass(slots=True)
@@ -60,6 +62,7 @@ class Source:
     expired link. Stores (S3, OSS), Feishu Bitable records, and the files the plugin pushes."""
 
     ordered = True  # keys come in strictly increasing order (object stores): the listing guard checks it
+    lists_by_request = True  # a page is a request (it takes one of the engine's slots); not a pushed batch
     network: Network | None = None  # the proxies and certificates of its requests; None: the environment's
 
     def check(self) -> bool | None:
@@ -72,6 +75,11 @@ class Source:
         are (core/listing.py classifies and retries them)."""
         raise NotImplementedError
 
+    def folders_page(self, token: str | None) -> Page:
+        """One page of the listing one '/' level below the prefix: its `folders` are where a sharded job is
+        cut (core/listing.py folders()). Stores only."""
+        raise UsageError("this source has no folders to shard by")
+
     def upcoming(self, objects: list[RemoteObject]) -> None:
         """The objects about to be fetched, in order (a source may prepare their links in batches)."""
 
@@ -83,6 +91,10 @@ class Source:
     def link_expired(self, err: HTTPStatusError) -> bool:
         """Whether a refused GET means the URL expired (so re-sign and try again)."""
         return err.expired
+
+    def retry_possible(self) -> bool:
+        """Whether round 2 can get anywhere now (the plugin's url mode: only while the plugin is there)."""
+        return True
 
     def close(self) -> None:
         """Release what the source holds open (API sessions); the engine is still running."""
@@ -153,29 +165,40 @@ def store_network(config: StoreConfig) -> Network:
                              proxy_source="the proxy block")
 
 
-_made: dict[tuple, Source] = {}
-
-
 def make_source(config: StoreConfig) -> Source:
-    """The store for a config; one per config, network and process, because a boto3/oss2 client costs ~0.3 s
-    of CPU to build and the CLI's pre-flight check and the flow would otherwise build two."""
+    """A new source of the store (its caller owns it and closes it)."""
     if not config.bucket:
         raise UsageError("--bucket is required")
     if config.backend == "oss" and not config.endpoint:
         raise UsageError("--endpoint is required for --backend oss (e.g. https://oss-cn-hangzhou.aliyuncs.com)")
     network = store_network(config)
-    key = tuple((f.name, tuple(sorted(config.credentials.items())) if f.name == "credentials"
-                 else getattr(config, f.name)) for f in fields(config)) + (network,)
-    if key not in _made:
-        if config.backend == "s3":
-            from core.sources.s3 import S3Source
-            _made[key] = S3Source(config, network)
-        elif config.backend == "oss" and config.region:  # signature V4: through oss2
-            from core.sources.ossv4 import OssV4Source
-            _made[key] = OssV4Source(config, network)
-        elif config.backend == "oss":
-            from core.sources.oss import OssSource
-            _made[key] = OssSource(config, network)
-        else:
-            raise UsageError(f"unknown backend {config.backend!r} (choose s3 or oss)")
-    return _made[key]
+    if config.backend == "s3":
+        from core.sources.s3 import S3Source
+        return S3Source(config, network)
+    if config.backend == "oss" and config.region:  # signature V4: through oss2
+        from core.sources.ossv4 import OssV4Source
+        return OssV4Source(config, network)
+    if config.backend == "oss":
+        from core.sources.oss import OssSource
+        return OssSource(config, network)
+    raise UsageError(f"unknown backend {config.backend!r} (choose s3 or oss)")
+
+
+def open_source(job, credentials: dict | None = None, token: str | None = None, proxy: str | None = None,
+                proxy_source: str = "--proxy"):
+    """A job's live source from its data (core/model.py Job) and the secrets its blocks hold, when it names
+    any (tasks/runs.py reads them): a store's credentials, Feishu's token (else PERSONAL_BASE_TOKEN), the
+    proxy. For a Feishu job, a Deferred source: it is made on the run's engine."""
+    spec = job.source
+    if isinstance(spec, StoreConfig):
+        return make_source(replace(spec, credentials=credentials or {}, proxy=proxy))
+    # A FeishuSpec exists only once its module is imported (by whoever made the job, or by unpickling it), so an
+    # S3 or OSS run does not import the Feishu source (~8 ms of an empty prefix's start-up).
+    feishu = sys.modules.get("core.sources.feishu")
+    if feishu is not None and isinstance(spec, feishu.FeishuSpec):
+        token = token or feishu.token_from_env()
+        if not token:
+            raise UsageError("no personal base token: set PERSONAL_BASE_TOKEN (environment or .env)"
+                             " or name a Prefect Secret block")
+        return Deferred(lambda engine: spec.source(token, engine), Network.for_api(proxy, proxy_source))
+    raise TypeError(f"no source for {type(spec).__name__}")

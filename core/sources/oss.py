@@ -14,7 +14,7 @@ import socket
 import xml.etree.ElementTree as ET
 from urllib.parse import unquote, urlsplit
 
-from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
+from core.errors import DownloadError, HTTPStatusError, UsageError, http_error
 from core.model import RemoteObject
 from core.network import Network
 from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, store_network, clip, listing_params
@@ -120,23 +120,8 @@ class OssSource(StoreSource):
         url, key = self.sign.url, obj.key
         return lambda refresh: url(key)
 
-    def folders(self) -> list[str]:
-        """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
-        seen: set = set()
-        found, token = [], None
-        while True:
-            try:
-                root = self._list(token, PAGE_SIZE, delimiter="/")
-            except Exception as exc:  # noqa: BLE001
-                raise self._explain(exc) from None
-            decode = _decoder(root)
-            found += [decode(p.findtext("Prefix") or "") for p in root.iter("CommonPrefixes")]
-            token = _next_token(root, decode)
-            if not token:
-                return found
-            if token in seen:
-                raise ListingError("the store repeated a continuation token listing the top folders")
-            seen.add(token)
+    def folders_page(self, token: str | None) -> Page:
+        return _page(self._list(token, PAGE_SIZE, delimiter="/"))
 
 
 def _decoder(root: ET.Element):
@@ -158,4 +143,5 @@ def _page(root: ET.Element) -> Page:
                             modified=item.findtext("LastModified") or "")
                for item in root.iter("Contents")]
     truncated = root.findtext("IsTruncated") == "true"
-    return Page(objects, _next_token(root, decode), truncated)
+    return Page(objects, _next_token(root, decode), truncated,
+                [decode(p.findtext("Prefix") or "") for p in root.iter("CommonPrefixes")])

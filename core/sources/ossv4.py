@@ -11,7 +11,7 @@ from oss2.credentials import StaticCredentialsProvider
 
 from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, store_network, clip
 from core.sources.oss import LISTING_CONNECTIONS, URL_TTL, oss_credentials, refused
-from core.errors import HTTPStatusError, ListingError, UsageError, as_download_error
+from core.errors import HTTPStatusError, UsageError, as_download_error
 from core.model import RemoteObject
 from core.network import Network
 
@@ -59,23 +59,13 @@ class OssV4Source(StoreSource):
         sign, key = self.bucket.sign_url, obj.key
         return lambda refresh: sign("GET", key, URL_TTL, slash_safe=True)
 
-    def folders(self) -> list[str]:
-        """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
-        seen: set = set()
-        found, token = [], ""
-        while True:
-            try:
-                result = self.bucket.list_objects_v2(prefix=self.config.prefix, delimiter="/",
-                                                     continuation_token=token, max_keys=PAGE_SIZE)
-            except Exception as exc:  # noqa: BLE001
-                raise self._explain(exc) from None
-            found += list(result.prefix_list)
-            token = result.next_continuation_token if result.is_truncated else ""
-            if not token:
-                return found
-            if token in seen:
-                raise ListingError("the store repeated a continuation token listing the top folders")
-            seen.add(token)
+    def folders_page(self, token: str | None) -> Page:
+        result = self.bucket.list_objects_v2(prefix=self.config.prefix, delimiter="/", continuation_token=token or "",
+                                             max_keys=PAGE_SIZE)
+        truncated = bool(result.is_truncated)
+        objects = [RemoteObject(o.key, o.size, (o.etag or "").strip('"')) for o in result.object_list]
+        return Page(objects, (result.next_continuation_token or None) if truncated else None, truncated,
+                    list(result.prefix_list))
 
 
 class _NetworkAdapter(requests.adapters.HTTPAdapter):

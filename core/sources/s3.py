@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from urllib.parse import unquote_plus, urlsplit
 
-from core.errors import DownloadError, HTTPStatusError, ListingError, UsageError, http_error
+from core.errors import DownloadError, HTTPStatusError, UsageError, http_error
 from core.model import RemoteObject
 from core.network import Network
 from core.sources import PAGE_SIZE, Page, StoreConfig, StoreSource, store_network, clip, listing_params
@@ -146,25 +146,8 @@ class S3Source(StoreSource):
             raise http_error(status, body, headers.get("date", ""))
         raise AssertionError("unreachable")
 
-    def folders(self) -> list[str]:
-        """The common prefixes one '/' level below the prefix, in key order (where a sharded job is cut)."""
-        seen: set = set()
-        found, token = [], None
-        while True:
-            try:
-                root = self._get_xml([("list-type", "2"), ("prefix", self.config.prefix), ("delimiter", "/"),
-                                      ("encoding-type", "url")] + ([("continuation-token", token)] if token else []))
-            except Exception as exc:  # noqa: BLE001
-                raise self._explain(exc) from None
-            ns = _ns(root)
-            found += [unquote_plus(p.findtext(f"{ns}Prefix") or "") for p in root.iter(f"{ns}CommonPrefixes")]
-            token = root.findtext(f"{ns}NextContinuationToken") if root.findtext(f"{ns}IsTruncated") == "true" \
-                else None
-            if not token:
-                return found
-            if token in seen:
-                raise ListingError("the store repeated a continuation token listing the top folders")
-            seen.add(token)
+    def folders_page(self, token: str | None) -> Page:
+        return self.list_page(token, delimiter="/")
 
     # -- objects ---------------------------------------------------------------------------------------
     def signer(self, obj: RemoteObject, again: bool = False):
@@ -188,7 +171,10 @@ def _page(root: ET.Element) -> Page:
                                     (item.findtext(e) or "").strip('"'), item.findtext(c) or "",
                                     modified=item.findtext(m) or ""))
     truncated = root.findtext(f"{ns}IsTruncated") == "true"
-    return Page(objects, (root.findtext(f"{ns}NextContinuationToken") or None) if truncated else None, truncated)
+    folders = [unquote_plus(p.findtext(f"{ns}Prefix") or "") if decode else p.findtext(f"{ns}Prefix") or ""
+               for p in root.iter(f"{ns}CommonPrefixes")]
+    return Page(objects, (root.findtext(f"{ns}NextContinuationToken") or None) if truncated else None, truncated,
+                folders)
 
 
 def _xml_text(body: bytes, tag: str) -> str:
