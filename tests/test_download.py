@@ -257,6 +257,21 @@ def test_bad_flags_exit_2(store, bucket, tmp_path, extra, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_prefect_api_that_does_not_answer_is_named_in_one_line(s3, bucket, tmp_path):
+    """Nothing was tried, so not exit 1 ("some objects failed"): exit 2, naming the setting and the way out."""
+    s3.client().put_object(Bucket=bucket, Key="data/a", Body=b"a")
+    import socket
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+    result = run_cli(args(s3, bucket, tmp_path), PREFECT_API_URL=url)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: the Prefect API at {url} (PREFECT_API_URL) does not"
+                                                    " answer") and lines[0].endswith("--no-prefect")
+    assert not (tmp_path / "a").exists()
+
+
 def test_bad_input_gives_one_line_and_exit_2(store, bucket, tmp_path):
     cases = [
         (["--output", str(tmp_path)], "--bucket is required"),

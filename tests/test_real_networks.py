@@ -20,7 +20,7 @@ from bench.seaweed import ACCESS_KEY, SECRET_KEY
 from infra import oss_server
 from infra.feishu_server import GOOD_TOKEN, FeishuServer
 from infra.proxy import ForwardProxy
-from tests.conftest import ROOT, drain_prefect_workers
+from tests.conftest import ROOT, drain_prefect_workers, need_program
 from tests.stores import BIG_KEY, KeyedSeaweed, make_ca, s3_client, seed_awkward
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "OSSDL_PROXY", "AWS_CA_BUNDLE",
@@ -225,6 +225,7 @@ def test_oss_by_its_endpoint_name_virtual_hosted_through_the_proxy(named_oss, pr
 @pytest.fixture(scope="module")
 def ca_dir(tmp_path_factory, ca):
     """SSL_CERT_DIR's form: the CA under its subject hash (openssl rehash)."""
+    need_program("openssl", "openssl")
     folder = tmp_path_factory.mktemp("certs")
     shutil.copy(ca.cert_path, folder / "test-ca.pem")
     subprocess.run(["openssl", "rehash", str(folder)], check=True)
@@ -314,10 +315,9 @@ def test_ipv6_loopback_endpoints_for_s3_and_oss(weed, tmp_path):
         assert files_under(tmp_path / "oss") == {"a/b c.txt": b"over ipv6"}
 
 
+@pytest.mark.system("faketime", "faketime")
 def test_a_local_clock_hours_behind_is_named_in_one_line(weed, tmp_path):
     """faketime puts this machine's clock 2 h back for the command: SeaweedFS finds every presigned URL expired."""
-    if not shutil.which("faketime"):
-        pytest.skip("needs Debian's faketime (sudo apt-get install faketime)")
     late = download("--endpoint", weed.endpoint, "--bucket", "tls", "--output", str(tmp_path / "out"),
                     prefix_command=("faketime", "-f", "-2h"), **S3_KEYS)
     assert one_line(late).startswith("error: the local clock is off: 2 h behind the store's (its Date: ")
@@ -481,3 +481,16 @@ def test_the_failure_csv_goes_to_result_storage_through_the_proxy(prefect_api, s
     assert ("PUT", "127.0.0.1") in {(r.method, r.host) for r in proxy.requests}
     stored = s3.client().get_object(Bucket="reports-via-proxy", Key=where.split("reports-via-proxy/")[1].split()[0])
     assert stored["Body"].read() == csv_file.read_bytes()
+
+
+def test_the_temporary_prefect_server_is_reached_directly_when_a_proxy_is_set(weed, proxy, tmp_path):
+    """The command's own loopback server: Prefect's client (which reads HTTP_PROXY too) goes to it directly,
+    the store's requests through the proxy."""
+    env = {k: v for k, v in clean_env(HTTP_PROXY=proxy.url, PREFECT_HOME=str(tmp_path / "home"), **S3_KEYS).items()
+           if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-m", "flows.download", "--endpoint", f"http://s3.example.test:{weed.port}",
+                           "--bucket", "tls", "--output", str(tmp_path / "out")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "starting a temporary Prefect server" in done.stderr and files_under(tmp_path / "out") == SMALL
+    assert proxy.hosts() == {"s3.example.test"}
