@@ -277,7 +277,7 @@ def retrying(attempts: int, backoff: float) -> AsyncRetrying:
 
 
 def retrying_sync(attempts: int, backoff: float) -> Retrying:
-    """The same policy for blocking calls (the SDKs' listing requests)."""
+    """The same policy for blocking calls (listing pages)."""
     return Retrying(**_policy(attempts, backoff))
 
 

@@ -2,9 +2,8 @@
 and a listing that would end early or go round in circles is an error, never a short, successful run."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import AsyncIterator, Callable, Iterator
+from typing import Callable, Iterator
 
 from core.engine import Stopped
 from core.sources import Page, Source
@@ -77,17 +76,6 @@ def pages(source: Source, fetch: Callable[[str | None, int], Page]) -> Iterator[
         if not page.truncated:
             return
         token, page_no = page.next_token, page_no + 1
-
-
-async def apages(source: Source, fetch: Callable[[str | None, int], Page]) -> AsyncIterator[Page]:
-    """pages(), for a caller on an event loop: each page is fetched in a thread (the SDKs block)."""
-    loop = asyncio.get_running_loop()
-    it = pages(source, fetch)
-    while True:
-        page = await loop.run_in_executor(None, next, it, None)
-        if page is None:
-            return
-        yield page
 
 
 def folders(source: Source, attempts: int, backoff: float) -> list[str]:

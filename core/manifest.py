@@ -2,7 +2,7 @@
 
 Outcomes are handed over with `add()` (cheap, from any thread, the event loop included) and written by
 one writer thread at least every second, so a killed run loses at most a second of outcomes — and the
-files it had already finished are recognised on disk by the next run (see tasks/batch.py), so even
+files it had already finished are recognised on disk by the next run (core/selection.py), so even
 those are not fetched again.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ class RemoteObject:
     etag: str = ""
     storage_class: str = ""
     path: str = ""  # relative local path chosen by the source (Feishu naming rules); '' = from the key
-    modified: str | float = ""  # the listing's LastModified, as the SDK gave it (parsed only when needed)
+    modified: str | float = ""  # the listing's LastModified, as the store wrote it (parsed only when needed)
 
     @property
     def needs_restore(self) -> bool:

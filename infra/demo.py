@@ -52,7 +52,8 @@ def main() -> int:
         print(f"{backend} server at {endpoint}: 300 objects under {BUCKET}/demo/", flush=True)
         argv = [sys.executable, "-m", "flows.download", "--backend", backend, "--endpoint", endpoint,
                 "--bucket", BUCKET, "--prefix", "demo/", "--output", str(output), "--concurrency", "16", "--yes"]
-        print("$ " + " ".join(argv[1:]), flush=True)
+        shown = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+        print("$ " + " ".join([shown, *argv[1:]]), flush=True)  # the line a newcomer can copy
         env = dict(os.environ, **credentials, PREFECT_SERVER_ANALYTICS_ENABLED="false")
         return subprocess.run(argv, env=env).returncode
 
