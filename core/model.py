@@ -6,6 +6,8 @@ import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from core.filters import Filter
+
 ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep_archive"}
 UNKNOWN_SIZE = -1  # a source that gives no size (some plugin links): the response's length is checked
 MANIFEST_NAME = ".oss-manifest.sqlite"
@@ -58,7 +60,7 @@ class Plan:
     output: Path
     run_id: str
     strip: str = ""                      # the part of each key not reproduced below the output
-    suffixes: tuple[str, ...] = ()       # the filter (suffixes or glob patterns); () = everything
+    filter: Filter = Filter()            # which listed objects are taken (core/filters.py); empty: all
     max_attempts: int = 3
     retry_backoff: float = 1.0
     shard: str | None = None

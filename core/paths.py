@@ -7,8 +7,12 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from core.errors import UnsafeKeyError
-from core.model import RemoteObject
+
+if TYPE_CHECKING:
+    from core.model import RemoteObject
 
 RESERVED_PREFIXES = (".oss-", ".ossdl")  # manifests and CSVs (also per shard), the work area .ossdl/
 MAX_NAME_BYTES = 255

@@ -223,8 +223,7 @@ def nothing_selected(result: "Summary | Preview", plan: Plan, where: str, hint: 
     if selected:
         return None
     if listed:
-        why = (f"nothing to download: all {listed} objects under {where} are filtered out by"
-               f" --include-suffix {','.join(plan.suffixes)}")
+        why = f"nothing to download: all {listed} objects under {where} are filtered out by {plan.filter.describe()}"
     else:
         why = f"nothing to download: no objects under {where}{f' ({hint})' if hint else ''}"
     if plan.fail_if_empty:

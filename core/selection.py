@@ -6,7 +6,7 @@ import hashlib
 from core.engine.verify import is_md5_etag
 from core.errors import DownloadError
 from core.model import UNKNOWN_SIZE, Counts, Outcome, Plan, RemoteObject
-from core.paths import is_folder_marker, listed_seconds, wanted
+from core.paths import is_folder_marker, listed_seconds
 from core.workarea import Output
 
 Item = tuple[RemoteObject, str]  # an object and its path below the output
@@ -20,7 +20,7 @@ def select(objects: list[RemoteObject], plan: Plan) -> tuple[Counts, list[Remote
         if is_folder_marker(obj.key):
             continue
         counts.listed += 1
-        if wanted(obj.key, plan.suffixes):
+        if plan.filter.wants(obj.key, obj.size, obj.modified):
             chosen.append(obj)
         else:
             counts.filtered_out += 1

@@ -50,14 +50,16 @@ EPILOG_NO_PREFECT = dict(block="", prefect="""\
 # The command line's layout of the parameters; a field not named here is not a flag (the shard fields,
 # which the sharded flow sets).
 GROUPS = {
-    "what to download": ["backend", "endpoint", "bucket", "prefix", "include_suffix", "output"],
+    "what to download": ["backend", "endpoint", "bucket", "prefix", "include_suffix", "exclude", "min_size",
+                         "max_size", "min_age", "max_age", "output"],
     "how": ["dry_run", "fail_if_empty", "concurrency", "max_attempts", "retry_backoff", "connect_timeout",
             "read_timeout", "low_speed_limit", "low_speed_time", "fsync", "max_requests_per_second"],
     "store options": ["region", "profile", "addressing_style", "cname", "credentials_block"],
     "network (README: Networks)": ["ca_bundle", "no_verify_ssl", "proxy_block"],
 }
 PREFECT_ONLY = {"credentials_block", "proxy_block"}  # they read Prefect blocks: not in the executable
-METAVARS = {"endpoint": "URL", "bucket": "NAME", "prefix": "P", "include_suffix": "LIST", "output": "DIR",
+METAVARS = {"endpoint": "URL", "bucket": "NAME", "prefix": "P", "include_suffix": "LIST", "exclude": "LIST",
+            "min_size": "SIZE", "max_size": "SIZE", "min_age": "AGE", "max_age": "AGE", "output": "DIR",
             "concurrency": "N", "max_attempts": "N", "retry_backoff": "S", "connect_timeout": "S",
             "read_timeout": "S", "low_speed_limit": "B", "low_speed_time": "S", "max_requests_per_second": "R",
             "region": "NAME", "profile": "NAME", "credentials_block": "NAME", "ca_bundle": "PATH",
@@ -129,7 +131,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _add_field(group, name: str, field, shown: bool) -> None:
     flag = "--" + name.replace("_", "-")
     kind, choices = _kind(field.annotation)
-    default = field.get_default(call_default_factory=True)
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
     text = (field.description or field.title or "").rstrip(".")
     if default not in (None, "", False, []) and kind is not bool:
         text += f". Default: {default}"

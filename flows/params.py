@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.filters import Filter, filter_of, parse_age, parse_size
 from core.model import Job, Plan, Settings
 from core.naming import UNCATEGORIZED, clean_segment
 from core.paths import parse_suffixes, prefix_folder
@@ -40,6 +41,17 @@ class DownloadParams(BaseModel):
         default_factory=list, title="Include suffixes",
         description="Comma-separated suffixes or glob patterns, case-insensitive: .jpg,.png or"
                     " '*.jpg,photos/**/*.png' (* within a folder name, ** across folders); empty: all.")
+    exclude: list[str] = Field(
+        default_factory=list, title="Exclude",
+        description="Comma-separated suffixes or glob patterns, as include: a key matching one is not taken (nor"
+                    " deleted locally with delete).")
+    min_size: str | None = Field(None, title="Min size", description="Only objects at least this large: 512k, 1M,"
+                                                                      " 2G (binary units; a bare number is KiB, as rclone).")
+    max_size: str | None = Field(None, title="Max size", description="Only objects at most this large (as min size).")
+    min_age: str | None = Field(None, title="Min age", description="Only objects last modified longer ago than this:"
+                                                                    " 7d, 12h, 30m, or before a date (2024-01-31).")
+    max_age: str | None = Field(None, title="Max age", description="Only objects last modified within this: 7d, 12h,"
+                                                                    " or after a date (2024-01-31).")
     dry_run: bool = Field(False, title="Dry run",
                           description="List and preview (count, size, already present, to fetch, largest, first"
                                       " keys); download and create nothing.")
@@ -95,10 +107,28 @@ class DownloadParams(BaseModel):
                                 description="Fail the run (command line: exit 3) when the prefix lists no objects"
                                             " or the suffix filter leaves none; otherwise it only warns (exit 0).")
 
-    @field_validator("include_suffix", mode="before")
+    @field_validator("include_suffix", "exclude", mode="before")
     @classmethod
     def _split_suffixes(cls, value):
         return list(parse_suffixes(value))
+
+    @field_validator("min_size", "max_size")
+    @classmethod
+    def _size_readable(cls, value, info):
+        if value:
+            parse_size(value, "")  # refused with its parameter's name, before any run
+        return value
+
+    @field_validator("min_age", "max_age")
+    @classmethod
+    def _age_readable(cls, value, info):
+        if value:
+            parse_age(value, "", 0.0)
+        return value
+
+    def filter(self, now: float | None = None) -> Filter:
+        return filter_of(self.include_suffix, self.exclude, self.min_size, self.max_size, self.min_age,
+                         self.max_age, now)
 
     def store_config(self) -> StoreConfig:
         """Where to read from; without its secret (see job() and credentials_block)."""
@@ -115,7 +145,7 @@ class DownloadParams(BaseModel):
 
     def plan(self, run_id: str) -> Plan:
         return Plan(Path(self.output).expanduser().resolve(), run_id, prefix_folder(self.prefix),
-                    tuple(self.include_suffix), self.max_attempts, self.retry_backoff, self.shard,
+                    self.filter(), self.max_attempts, self.retry_backoff, self.shard,
                     label=self.prefix, fail_if_empty=self.fail_if_empty)
 
     @property

@@ -12,6 +12,7 @@ import pytest
 
 from core import rounds, run as core_run
 from core.errors import DiskFull, ListingError
+from core.filters import Filter
 from core.model import Plan, Settings
 from core.report import CSV_HEADER
 from core.sources import StoreConfig
@@ -92,7 +93,7 @@ def test_prepare_refuses_unsafe_and_archived_keys_and_skips_what_is_here(world):
     world.put("d/frozen.jpg", b"cold", storage_class="Archive")
     world.put("d/folder/", b"")
     world.put("d/skipped.gif", b"gif")
-    run = world.open(suffixes=(".jpg", ".txt", ".sqlite"))
+    run = world.open(filter=Filter(include=(".jpg", ".txt", ".sqlite")))
     counts, items = rounds.prepare(run, world.listed(run))
     assert (counts.listed, counts.filtered_out, counts.already_present, counts.failed, counts.restore_required) == \
         (7, 1, 1, 3, 1)
