@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=["feishu", "lark"], default="feishu",
                    help="token mode: Feishu (base-api.feishu.cn) or Lark (base-api.larksuite.com)")
     p.add_argument("--api-base-url", default=None, help="token mode: override the Open API address")
+    p.add_argument("--bwlimit", metavar="RATE", default=None,
+                   help="cap all downloads together, as rclone's --bwlimit: 10M (MiB/s), 512k, off, or"
+                        " \"08:00,4M 19:00,off\" (local time); default: no cap")
     p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                    help="also accept connections from this web page origin, e.g. https://app.example.com or"
                         " https://*.example.com (repeatable); Feishu/Lark pages and localhost are always accepted")
@@ -46,10 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --download-concurrency must be 1-64", file=sys.stderr)
         return 2
     from bridge.origins import normalise
+    from core.engine.limits import parse_bwlimit
     try:
         origins = [normalise(o) for o in args.allow_origin]
     except ValueError as exc:
         print(f"error: --allow-origin: {exc}", file=sys.stderr)
+        return 2
+    try:
+        parse_bwlimit(args.bwlimit)
+    except ValueError as exc:
+        print(f"error: --bwlimit: {exc}", file=sys.stderr)
         return 2
     from bridge.service import BridgeService, BridgeSettings
     from core.sources.feishu import DOMAINS
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host, port=args.port, output=Path(args.output), download_concurrency=args.download_concurrency,
         http_connect_timeout=args.http_connect_timeout, download_read_timeout=args.download_read_timeout,
         personal_base_token=personal_base_token(args.personal_base_token),
-        feishu_base_url=args.api_base_url or DOMAINS[args.domain], allow_origins=origins)
+        feishu_base_url=args.api_base_url or DOMAINS[args.domain], allow_origins=origins, bwlimit=args.bwlimit)
     stop = threading.Event()  # Ctrl-C or SIGTERM, also while starting: a clean stop, exit 0
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -77,6 +77,7 @@ class BridgeSettings:
     feishu_base_url: str | None = None  # the Open API; None: Feishu's own
     api_requests_per_second: float = 2.0  # the personal base token's limit
     retry_backoff: float = 1.0
+    bwlimit: str | None = None  # rclone's --bwlimit over all the service's downloads together
     # An http:// proxy for the downloads and the Open API (the desktop app's field); None: the environment's
     # (and on Windows/macOS the system's), '' none. May hold a password: never logged.
     proxy: str | None = field(default=None, repr=False)
@@ -457,7 +458,7 @@ class BridgeService:
         flight (the plugin's own `concurrent: 1` is not obeyed: README)."""
         s = self.settings
         return Settings(concurrency=s.download_concurrency, connect_timeout=s.http_connect_timeout,
-                        read_timeout=s.download_read_timeout)
+                        read_timeout=s.download_read_timeout, bwlimit=s.bwlimit)
 
     def status(self) -> dict:
         """The current job's counters (the latest unfinished one) and a line per finished job."""

@@ -91,6 +91,7 @@ class Settings:
     low_speed_limit: float = 1024
     low_speed_time: float = 60
     fsync: bool = False  # each file durable before its final name (default: one sync before the report)
+    bwlimit: str | None = None  # rclone's --bwlimit for all object GETs of the process (core/engine/limits.py)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ GROUPS = {
     "what to download": ["backend", "endpoint", "bucket", "prefix", "include_suffix", "exclude", "min_size",
                          "max_size", "min_age", "max_age", "output"],
     "how": ["dry_run", "fail_if_empty", "concurrency", "max_attempts", "retry_backoff", "connect_timeout",
-            "read_timeout", "low_speed_limit", "low_speed_time", "fsync", "max_requests_per_second"],
+            "read_timeout", "low_speed_limit", "low_speed_time", "fsync", "max_requests_per_second", "bwlimit"],
     "store options": ["region", "profile", "addressing_style", "cname", "credentials_block"],
     "network (README: Networks)": ["ca_bundle", "no_verify_ssl", "proxy_block"],
 }
@@ -62,7 +62,7 @@ METAVARS = {"endpoint": "URL", "bucket": "NAME", "prefix": "P", "include_suffix"
             "min_size": "SIZE", "max_size": "SIZE", "min_age": "AGE", "max_age": "AGE", "output": "DIR",
             "concurrency": "N", "max_attempts": "N", "retry_backoff": "S", "connect_timeout": "S",
             "read_timeout": "S", "low_speed_limit": "B", "low_speed_time": "S", "max_requests_per_second": "R",
-            "region": "NAME", "profile": "NAME", "credentials_block": "NAME", "ca_bundle": "PATH",
+            "bwlimit": "RATE", "region": "NAME", "profile": "NAME", "credentials_block": "NAME", "ca_bundle": "PATH",
             "proxy_block": "NAME"}
 
 

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an http:// proxy for the Open API and the downloads, over HTTPS_PROXY/HTTP_PROXY/ALL_PROXY"
                         " (NO_PROXY still applies); '' = no proxy")
     p.add_argument("--proxy-block", metavar="NAME", help="a Prefect Secret block holding the proxy URL")
+    p.add_argument("--bwlimit", metavar="RATE",
+                   help="cap the downloads together, as rclone's --bwlimit: 10M, 512k, off, \"08:00,4M 19:00,off\"")
     p.add_argument("--no-prefect", action="store_true",
                    help="download without Prefect (no flow run, no server): same files, summary, CSV and exit codes")
     return p

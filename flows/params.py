@@ -3,9 +3,9 @@ deployments; no Prefect in here, so the command lines can run the core with them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from core.filters import Filter, filter_of, parse_age, parse_size
 from core.model import Job, Plan, Settings
@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from core.sources.feishu import FeishuSpec
 
 MAX_CONCURRENCY = 256
+
+
+def _readable_bwlimit(value: str | None) -> str | None:
+    from core.engine.limits import parse_bwlimit
+    parse_bwlimit(value)  # refused with the parameter's name before any run
+    return value
+
+
+BwLimit = Annotated[str | None, AfterValidator(_readable_bwlimit)]
 
 
 class DownloadParams(BaseModel):
@@ -79,6 +88,11 @@ class DownloadParams(BaseModel):
                                     " disk.")
     retry_backoff: float = Field(1.0, ge=0, le=60, title="Retry backoff (s)",
                                  description="First wait of round 2's exponential backoff, seconds.")
+    bwlimit: BwLimit = Field(
+        None, title="Bandwidth limit",
+        description="rclone's --bwlimit for all object downloads of the run together: 10M (MiB/s), 512k, off, or a"
+                    " timetable in the worker's local time, \"08:00,4M 19:00,off\"; a sharded run gives each shard"
+                    " its share. Empty: no cap.")
     max_requests_per_second: float | None = Field(
         None, gt=0, title="Max requests per second",
         description="For stores that throttle: at most this many request starts per second in this process;"
@@ -141,7 +155,7 @@ class DownloadParams(BaseModel):
 
     def settings(self) -> Settings:
         return Settings(self.concurrency, self.connect_timeout, self.read_timeout, self.max_requests_per_second,
-                        self.low_speed_limit, self.low_speed_time, self.fsync)
+                        self.low_speed_limit, self.low_speed_time, self.fsync, self.bwlimit)
 
     def plan(self, run_id: str) -> Plan:
         return Plan(Path(self.output).expanduser().resolve(), run_id, prefix_folder(self.prefix),
@@ -222,6 +236,9 @@ class FeishuParams(BaseModel):
     proxy_block: str | None = Field(
         None, title="Proxy block",
         description="Name of a Prefect Secret block holding the proxy URL; empty: the worker's environment.")
+    bwlimit: BwLimit = Field(None, title="Bandwidth limit",
+                                description="rclone's --bwlimit for the attachment downloads: 10M, 512k, off, or"
+                                            " \"08:00,4M 19:00,off\" (local time). Empty: no cap.")
     page_size: int = Field(500, ge=1, le=500, title="Records per page", description="Listing page size (max 500).")
 
     @property
@@ -246,5 +263,5 @@ class FeishuParams(BaseModel):
         """The run as data: the job folder below the output, no token (only the name of its block)."""
         plan = Plan(output / self.folder_name, run_id, max_attempts=self.max_attempts,
                     retry_backoff=self.retry_backoff, path_column=True, label=f"{self.table_id} records")
-        settings = Settings(self.concurrency, self.connect_timeout, self.read_timeout)
+        settings = Settings(self.concurrency, self.connect_timeout, self.read_timeout, bwlimit=self.bwlimit)
         return Job(plan, settings, self.spec(), self.token_block, self.proxy_block)

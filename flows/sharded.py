@@ -23,6 +23,7 @@ from tasks import artifacts
 from tasks.runs import source_of
 from core.model import Counts
 from core import listing
+from core.engine.limits import divide_bwlimit
 from core.errors import ListingError, UsageError
 from core.paths import prepare_output
 from core.report import Summary
@@ -130,7 +131,8 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
     names = shard_names(len(ranges))
     children = []
     for name, (after, before) in zip(names, ranges):
-        child = params.model_copy(update={"start_after": after, "end_before": before, "shard": name})
+        child = params.model_copy(update={"start_after": after, "end_before": before, "shard": name,
+                                          "bwlimit": divide_bwlimit(params.bwlimit, len(ranges))})
         children.append(run_deployment(deployment, parameters={"params": child.model_dump(mode="json")},
                                        timeout=0, as_subflow=True, flow_run_name=f"shard-{name}"))
         logger.info("shard %s: keys after %r, before %r", name, after or "(start)", before or "(end)")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
 
 import pytest
 
 from core.engine import Engine
-from core.engine.limits import Pace, RateLimit
+from core.engine.limits import Bandwidth, Pace, RateLimit, divide_bwlimit, parse_bwlimit
 from core.errors import TooSlow
 from core.model import RemoteObject
 from core.sources import StoreConfig
@@ -168,3 +170,61 @@ def test_the_flag_reaches_the_engine():
     engine = engine_for(params_from_args(args).job("r").settings)
     assert engine._rate.interval == 0.25
     assert engine_for(params_from_args(build_parser().parse_args(["--bucket", "b"])).job("r").settings)._rate is None
+
+
+@pytest.mark.parametrize("text, table", [
+    ("10M", [(0, 10 << 20)]), ("512k", [(0, 512 << 10)]), ("100", [(0, 100 << 10)]), ("off", [(0, None)]),
+    ("", [(0, None)]), ("2.5M", [(0, 5 << 19)]),
+    ("08:00,4M 19:00,off", [(480, 4 << 20), (1140, None)]),
+    ("19:00,off 8:30,1M", [(510, 1 << 20), (1140, None)]),
+])
+def test_bwlimit_as_rclone_writes_it(text, table):
+    assert parse_bwlimit(text) == table
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "-1M", "25:00,1M 19:00,off", "08:00 19:00,off"])
+def test_bwlimit_that_cannot_be_read(text):
+    with pytest.raises(ValueError):
+        parse_bwlimit(text)
+
+
+def test_the_timetable_is_the_local_time_of_the_machine_and_wraps_around_midnight():
+    cap = Bandwidth(parse_bwlimit("08:00,4M 19:00,512k"))
+    at = lambda hour: time.mktime((2026, 3, 2, hour, 30, 0, 0, 0, -1))  # noqa: E731
+    assert [cap.rate(at(h)) for h in (2, 8, 18, 19, 23)] == [512 << 10, 4 << 20, 4 << 20, 512 << 10, 512 << 10]
+
+
+def test_a_sharded_run_gives_each_shard_its_share():
+    assert divide_bwlimit("8M", 4) == "2097152B" and parse_bwlimit(divide_bwlimit("8M", 4)) == [(0, 2 << 20)]
+    assert parse_bwlimit(divide_bwlimit("08:00,4M 19:00,off", 2)) == [(480, 2 << 20), (1140, None)]
+    assert divide_bwlimit(None, 3) is None and divide_bwlimit("8M", 1) == "8M"
+
+
+def test_the_cap_lets_one_seconds_worth_go_at_once_then_holds_to_the_rate():
+    cap = Bandwidth(parse_bwlimit("100k"))
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        waited = [await cap.take(10 << 10) for _ in range(30)]  # 300 KiB at 100 KiB/s
+        return loop.time(), waited
+    ended, waited = on_virtual_time(scenario())
+    assert ended == pytest.approx(2.0, abs=1e-6)  # the first second's worth at once, the rest at the rate
+    assert sum(waited) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_a_capped_download_takes_at_least_its_share_of_time_and_is_never_too_slow(s3, bucket, tmp_path):
+    """Only a lower bound on the time (it cannot flake): 1 MiB under a 256 KiB/s cap with one second's burst
+    needs ≥ 3 s; and the low-speed rule (1 MiB/s for 1 s) does not fail what the cap holds back."""
+    from tests.conftest import run_cli
+    client = s3.client()
+    objects = {"d/big.bin": os.urandom(640 << 10), **{f"d/s{i}.bin": os.urandom(96 << 10) for i in range(4)}}
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    started = time.monotonic()
+    done = run_cli(["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "d/", "--output", str(tmp_path),
+                    "--no-prefect", "--bwlimit", "256k", "--low-speed-limit", "1048576", "--low-speed-time", "1"])
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.name.startswith(".oss")} \
+        == {k[2:]: v for k, v in objects.items()}
+    assert took >= (1024 - 256) / 256

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 from core.engine import fetch as _fetch
 from core.engine.commit import GroupCommit
 from core.engine.fetch import Fetched
-from core.engine.limits import RateLimit
+from core.engine.limits import Bandwidth, RateLimit, parse_bwlimit
 from core.engine.verify import bare_etag
 from core.errors import HTTPStatusError, http_error
 from core.model import Settings
@@ -53,8 +53,11 @@ class Engine:
     def __init__(self, concurrency: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
                  part_size: int = 8 * MiB, multipart_threshold: int = 16 * MiB,
                  max_requests_per_second: float | None = None, low_speed_limit: float = 1024,
-                 low_speed_time: float = 60, fsync: bool = False, network: Network | None = None):
+                 low_speed_time: float = 60, fsync: bool = False, network: Network | None = None,
+                 bwlimit: str | None = None):
         self.concurrency = concurrency
+        table = parse_bwlimit(bwlimit)
+        self.bandwidth = Bandwidth(table) if any(rate for _, rate in table) else None
         # Proxies and certificates for every GET (aiohttp and curl alike); a run's source gives its own.
         self.network = network or Network.for_api()
         self._rate = RateLimit(max_requests_per_second) if max_requests_per_second else None
@@ -232,4 +235,4 @@ def engine_for(settings: Settings, network: Network | None = None) -> Engine:
     return Engine(settings.concurrency, settings.connect_timeout, settings.read_timeout,
                   max_requests_per_second=settings.max_requests_per_second,
                   low_speed_limit=settings.low_speed_limit, low_speed_time=settings.low_speed_time,
-                  fsync=settings.fsync, network=network)
+                  fsync=settings.fsync, network=network, bwlimit=settings.bwlimit)

@@ -113,6 +113,8 @@ async def read_small(engine, resp, expected: int, on_bytes) -> bytes:
         body = await resp.read()
     if len(body) != expected:
         raise IntegrityError(f"size mismatch: got {len(body)} of {expected} bytes")
+    if engine.bandwidth:  # a small body arrives at once: its share of the cap is waited for after it
+        await engine.bandwidth.take(len(body))
     engine.bytes_done += len(body)
     if on_bytes:
         on_bytes(len(body))
@@ -136,6 +138,10 @@ async def stream_to(engine, resp, fd: int, offset: int, check, on_bytes) -> int:
         engine.bytes_done += len(chunk)
         if on_bytes:
             on_bytes(len(chunk))
+        if engine.bandwidth:
+            waited = await engine.bandwidth.take(len(chunk))
+            if pace:
+                pace.pause(waited)
         if pace:
             pace.check(written)
     return pos
@@ -200,6 +206,10 @@ async def fetch_range(engine, sign, fd: int, start: int, end: int, size: int, et
                 engine.bytes_done += len(chunk)
                 if on_bytes:
                     on_bytes(len(chunk))
+                if engine.bandwidth:
+                    waited = await engine.bandwidth.take(len(chunk))
+                    if pace:
+                        pace.pause(waited)
                 if pace:
                     pace.check(pos - start)
             if pos != end + 1:
