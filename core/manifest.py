@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS objects (
     path       TEXT NOT NULL DEFAULT '' -- local path chosen by the source; '' = derived from the key
 );
 CREATE INDEX IF NOT EXISTS objects_by_run ON objects (run_id, state);
+CREATE TABLE IF NOT EXISTS changes (    -- this run's change report until its CSV is written
+    run_id TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    change TEXT NOT NULL,               -- 'new', 'changed in store', 'changed locally', 'deleted'
+    size   INTEGER NOT NULL,
+    PRIMARY KEY (run_id, key, change)
+);
 """
 # Added after the first release; NULL in rows written before it.
 COLUMNS = {"mtime_ns": "INTEGER"}  # the local file's modification time when it was recorded done
@@ -69,6 +76,7 @@ class Manifest:
         self._lock = threading.Lock()
         self._db = self._open()
         self._pending: list[tuple] = []
+        self._changes: list[tuple] = []
         self._wake = threading.Condition()
         self._error: BaseException | None = None
         self._closing = False
@@ -126,6 +134,13 @@ class Manifest:
             if len(self._pending) >= FLUSH_AT:
                 self._wake.notify()
 
+    def add_changes(self, changes: Iterable[tuple[str, str, int]], run_id: str) -> None:
+        """Queue rows of the change report (key, change, size) for the writer thread."""
+        rows = [(run_id, key, change, size) for key, change, size in changes]
+        if rows:
+            with self._wake:
+                self._changes.extend(rows)
+
     def record(self, outcomes: Iterable[Outcome], run_id: str) -> None:
         """Write outcomes now (returns when they are committed)."""
         self.add(outcomes, run_id)
@@ -153,13 +168,16 @@ class Manifest:
         with self._lock:
             with self._wake:
                 rows, self._pending = self._pending, []
-            if rows:
-                self._write(rows)
+                changes, self._changes = self._changes, []
+            if rows or changes:
+                self._write(rows, changes)
 
-    def _write(self, rows: list[tuple]) -> None:
+    def _write(self, rows: list[tuple], changes: list[tuple]) -> None:
         try:
             self._db.execute("BEGIN")
             try:
+                self._db.executemany("INSERT OR REPLACE INTO changes (run_id, key, change, size) VALUES (?,?,?,?)",
+                                     changes)
                 self._db.executemany(
                     "INSERT INTO objects (key, size, etag, state, attempts, last_error, retryable, run_id, updated,"
                     " path, mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
@@ -196,6 +214,26 @@ class Manifest:
                     f"SELECT key, size, etag, mtime_ns FROM objects WHERE state='done' AND key IN ({marks})", chunk)
                 found.update((k, Done(s, e, m)) for k, s, e, m in rows)
         return found
+
+    def changes(self, run_id: str, chunk: int = 1000) -> Iterator[list[tuple[str, str, int]]]:
+        """This run's change report in key order, a chunk at a time."""
+        self.flush()
+        after = None
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT key, change, size FROM changes WHERE run_id=? AND (? IS NULL OR key > ?)"
+                    " ORDER BY key, change LIMIT ?", (run_id, after, after, chunk)).fetchall()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def forget_changes(self) -> None:
+        """Once the report is written (its CSV holds them), the rows go: the table never grows."""
+        self.flush()
+        with self._lock:
+            self._db.execute("DELETE FROM changes")
 
     def failed(self, run_id: str, retryable_only: bool = False, chunk: int = 1000, first: str = ""
                ) -> Iterator[list[FailedRow]]:

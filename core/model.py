@@ -12,6 +12,8 @@ ARCHIVE_CLASSES = {"archive", "coldarchive", "deepcoldarchive", "glacier", "deep
 UNKNOWN_SIZE = -1  # a source that gives no size (some plugin links): the response's length is checked
 MANIFEST_NAME = ".oss-manifest.sqlite"
 FAILED_CSV_NAME = ".oss-failed.csv"
+CHANGES_CSV_NAME = ".oss-changes.csv"
+NEW, CHANGED_IN_STORE, CHANGED_LOCALLY, DELETED = "new", "changed in store", "changed locally", "deleted"
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +79,10 @@ class Plan:
     def failed_csv_name(self) -> str:
         return tool_file(FAILED_CSV_NAME, self.shard)
 
+    @property
+    def changes_csv_name(self) -> str:
+        return tool_file(CHANGES_CSV_NAME, self.shard)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -108,7 +114,7 @@ class Job:
 
 
 _COUNTED = ("listed", "filtered_out", "already_present", "downloaded", "failed", "restore_required", "bytes",
-            "retrying", "retried")
+            "retrying", "retried", "new", "changed_in_store", "changed_locally", "deleted")
 
 
 @dataclass
@@ -124,6 +130,10 @@ class Counts:
     bytes: int = 0
     retrying: int = 0
     retried: int = 0
+    new: int = 0               # the change report (README "Mirroring"): never here before
+    changed_in_store: int = 0  # its listed size or ETag differs from what was downloaded before
+    changed_locally: int = 0   # the local file's size or time differs from what was left (or it is gone)
+    deleted: int = 0           # local files no listed key maps to, removed (or moved to the backup folder)
     phase: str = "listing and downloading"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

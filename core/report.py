@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from core.model import FAILED_CSV_NAME, Counts, Plan, RemoteObject
+from core.model import CHANGES_CSV_NAME, FAILED_CSV_NAME, Counts, Plan, RemoteObject
 from core.selection import not_present, select
 from core.errors import DownloadError, NothingSelected
 from core.paths import target
@@ -17,6 +17,7 @@ from core.manifest import Manifest
 from core.workarea import Output
 
 CSV_HEADER = ["key", "last_error", "retry_count"]
+CHANGES_HEADER = ["key", "change", "size"]
 TABLE_ROWS = 1000
 
 
@@ -36,15 +37,26 @@ class Summary:
     zip_file: str | None = None
     incomplete: str = ""  # why the run did not cover everything it should have (listing, disk full)
     notes: list[str] = field(default_factory=list)  # warnings worth a line (e.g. a manifest rebuilt)
+    new: int = 0                # the change report: see Counts
+    changed_in_store: int = 0
+    changed_locally: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    changes_csv: str | None = None
+    first_changes: list = field(default_factory=list, repr=False)  # for an artifact: the CSV's first rows
 
     @classmethod
     def of(cls, tally: Counts, seconds: float, failed_csv: Path | None, incomplete: str = "",
-           notes: list[str] | None = None) -> "Summary":
+           notes: list[str] | None = None, changes_csv: Path | None = None,
+           first_changes: list | None = None) -> "Summary":
         seconds = max(seconds, 1e-6)
         return cls(tally.listed, tally.filtered_out, tally.already_present, tally.downloaded, tally.failed,
                    tally.restore_required, tally.bytes, round(seconds, 2),
                    round(tally.downloaded / seconds, 1), round(tally.bytes / seconds / 1e6, 2),
-                   str(failed_csv) if failed_csv else None, incomplete=incomplete, notes=list(notes or ()))
+                   str(failed_csv) if failed_csv else None, incomplete=incomplete, notes=list(notes or ()),
+                   new=tally.new, changed_in_store=tally.changed_in_store, changed_locally=tally.changed_locally,
+                   unchanged=tally.already_present, deleted=tally.deleted,
+                   changes_csv=str(changes_csv) if changes_csv else None, first_changes=list(first_changes or ()))
 
     @property
     def ok(self) -> bool:
@@ -53,7 +65,7 @@ class Summary:
 
     def rows(self) -> list[tuple[str, str]]:
         rows = [(name.replace("_", " "), str(value)) for name, value in asdict(self).items()
-                if name not in ("failed_csv", "zip_file", "incomplete", "notes")]
+                if name not in ("failed_csv", "zip_file", "incomplete", "notes", "changes_csv", "first_changes")]
         if self.incomplete:
             rows.append(("incomplete", self.incomplete))
         rows += [("note", note) for note in self.notes]
@@ -64,7 +76,10 @@ class Summary:
         flow's); `active_seconds`: from the first byte to the last, for the speed (default: `seconds`)."""
         seconds = self.seconds if seconds is None else seconds
         active = active_seconds or seconds
-        rows = [(name, value) for name, value in self.rows()[:6]] + [
+        changes = [(name, str(value)) for name, value in (
+            ("new", self.new), ("changed in store", self.changed_in_store), ("changed locally", self.changed_locally),
+            ("unchanged", self.unchanged), ("deleted", self.deleted)) if value]
+        rows = [(name, value) for name, value in self.rows()[:6]] + changes + [
             ("size", human_bytes(self.bytes)),
             ("time", human_duration(seconds)),
             ("speed", f"{human_bytes(self.bytes / active)}/s, {self.downloaded / active:.1f} objects/s"
@@ -74,9 +89,33 @@ class Summary:
         lines = [f"  {name:<{width}}  {value}" for name, value in rows]
         if self.failed_csv:
             lines.append(f"  failures listed in {self.failed_csv}")
+        if self.changes_csv:
+            lines.append(f"  changes listed in {self.changes_csv}")
         if self.zip_file:
             lines.append(f"  ZIP: {self.zip_file}")
         return "\n".join(["Summary:"] + lines)
+
+
+def write_changes_csv(manifest: Manifest, run_id: str, out: Output, name: str = CHANGES_CSV_NAME
+                      ) -> tuple[Path | None, list[list]]:
+    """This run's change report to <output>/.oss-changes.csv (key,change,size), atomically like the failure
+    CSV, or a stale one removed when nothing changed. Returns its path (None) and its first TABLE_ROWS rows."""
+    first: list[list] = []
+    count = 0
+    with out.replacing(name) as f:
+        writer = csv.writer(f)
+        writer.writerow(CHANGES_HEADER)
+        for rows in manifest.changes(run_id):
+            writer.writerows(rows)
+            first += [list(r) for r in rows[:TABLE_ROWS - len(first)]]
+            count += len(rows)
+        if not count:
+            f.discard()
+    if count:
+        manifest.forget_changes()
+        return out.root / name, first
+    out.remove_file(name)
+    return None, first
 
 
 def write_failed_csv(manifest: Manifest, run_id: str, out: Output, name: str = FAILED_CSV_NAME,
@@ -155,7 +194,7 @@ class Preview:
                 todo.append((obj, target(obj, plan.strip)))
             except DownloadError:
                 pass  # an unsafe key is never present; the run reports it
-        fetch, _ = not_present(manifest or _NoRecords(), out, todo)
+        fetch, _, _ = not_present(manifest or _NoRecords(), out, todo)
         fresh = {obj.key for obj, _ in fetch}
         for obj, _ in todo:
             if obj.key not in fresh:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from core.errors import DiskFull, DownloadError, as_download_error, retrying
 from core.manifest import FailedRow
-from core.model import UNKNOWN_SIZE, Counts, Outcome, RemoteObject
+from core.model import CHANGED_IN_STORE, CHANGED_LOCALLY, NEW, UNKNOWN_SIZE, Counts, Outcome, RemoteObject
 from core.paths import target
 from core.selection import Item, not_present, select
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from core.run import Run
 
 RESTORE_REQUIRED = "restore required"
+_COUNTER = {NEW: "new", CHANGED_IN_STORE: "changed_in_store", CHANGED_LOCALLY: "changed_locally"}
 
 
 # -- round 1 ---------------------------------------------------------------------------------------
@@ -42,8 +43,11 @@ def prepare(run: Run, objects: list[RemoteObject]) -> tuple[Counts, list[Item]]:
             counts.restore_required += 1
             continue
         todo.append((obj, rel))
-    fresh, adopted = not_present(run.manifest, run.out, todo)
+    fresh, adopted, changes = not_present(run.manifest, run.out, todo)
     counts.already_present = len(todo) - len(fresh)
+    for _, change, _ in changes:
+        setattr(counts, _COUNTER[change], getattr(counts, _COUNTER[change]) + 1)
+    run.manifest.add_changes(changes, plan.run_id)
     counts.failed = len(refused)
     run.manifest.add(refused + adopted, plan.run_id)
     run.counts.add(counts)

@@ -25,7 +25,7 @@ from core.engine import Engine, engine_for
 from core.errors import DownloadError, ListingError
 from core.manifest import Manifest
 from core.model import Counts, Outcome, Plan, RemoteObject, Settings
-from core.report import Preview, Summary, earlier_run, write_failed_csv
+from core.report import Preview, Summary, earlier_run, write_changes_csv, write_failed_csv
 from core.sources import Page, Source
 from core.workarea import Output
 
@@ -238,9 +238,14 @@ def finish(run: Run, counts: Counts, seconds: float, incomplete: str = "", extra
     except (OSError, DownloadError) as exc:  # e.g. the disk is full: say so, keep what the summary knows
         csv_path, first_rows = None, []
         notes.append(f"the failure CSV could not be written: {run.out.disk_error(exc)}")
+    try:
+        changes_csv, first_changes = write_changes_csv(run.manifest, plan.run_id, run.out, plan.changes_csv_name)
+    except (OSError, DownloadError) as exc:
+        changes_csv, first_changes = None, []
+        notes.append(f"the change report could not be written: {run.out.disk_error(exc)}")
     if run.halt.reason is not None or (not counts.failed and not incomplete):
         run.out.clear_work_area()  # partial files would only keep the disk full; or: leftovers
-    return Summary.of(counts, seconds, csv_path, incomplete, notes), first_rows
+    return Summary.of(counts, seconds, csv_path, incomplete, notes, changes_csv, first_changes), first_rows
 
 
 def listing_failure(plan: Plan, exc: ListingError) -> tuple[str, list[list]]:

@@ -5,7 +5,7 @@ import hashlib
 
 from core.engine.verify import is_md5_etag
 from core.errors import DownloadError
-from core.model import UNKNOWN_SIZE, Counts, Outcome, Plan, RemoteObject
+from core.model import CHANGED_IN_STORE, CHANGED_LOCALLY, NEW, UNKNOWN_SIZE, Counts, Outcome, Plan, RemoteObject
 from core.paths import is_folder_marker, listed_seconds
 from core.workarea import Output
 
@@ -27,29 +27,40 @@ def select(objects: list[RemoteObject], plan: Plan) -> tuple[Counts, list[Remote
     return counts, chosen
 
 
-def not_present(manifest, out: Output, todo: list[Item]) -> tuple[list[Item], list[Outcome]]:
+Change = tuple[str, str, int]  # key, what changed (core/model.py NEW, …), listed size
+
+
+def not_present(manifest, out: Output, todo: list[Item]) -> tuple[list[Item], list[Outcome], list[Change]]:
     """Split objects into those to fetch and those already here. Here means: an earlier run recorded the
     same listed version done and the local file still has the size and modification time it was left
     with (rclone's size + mtime rule); or — no record (a lost manifest, a run killed before it wrote) —
     the file has the listed size and either the store's time (we set it on every file) or its MD5.
-    Returns (to fetch, outcomes recording what was recognised without a record)."""
+    Returns (to fetch, outcomes recording what was recognised without a record, and why each one to fetch
+    is fetched: new, changed in the store, changed locally)."""
     done = manifest.done_entries([obj.key for obj, _ in todo])
-    fetch, adopted = [], []
+    fetch, adopted, changes = [], [], []
     for obj, rel in todo:
         row = done.get(obj.key)
         st = out.stat(rel)
         size = row.size if obj.size == UNKNOWN_SIZE and row is not None else obj.size
-        if st is None or st.st_size != size:
-            fetch.append((obj, rel))
-        elif row is not None and (row.size, row.etag) == (size, obj.etag):
-            if row.mtime_ns is None or row.mtime_ns == st.st_mtime_ns:
+        same_version = row is not None and (row.size, row.etag) == (size, obj.etag)
+        if st is not None and st.st_size == size:
+            if same_version:
+                if row.mtime_ns is None or row.mtime_ns == st.st_mtime_ns:
+                    continue
+                change = CHANGED_LOCALLY  # changed here since it was downloaded
+            elif _same_bytes(out, rel, obj, st):
+                adopted.append(Outcome(obj.key, obj.size, obj.etag, 0, path=obj.path, mtime_ns=st.st_mtime_ns))
                 continue
-            fetch.append((obj, rel))  # changed here since it was downloaded
-        elif _same_bytes(out, rel, obj, st):
-            adopted.append(Outcome(obj.key, obj.size, obj.etag, 0, path=obj.path, mtime_ns=st.st_mtime_ns))
-        else:
-            fetch.append((obj, rel))
-    return fetch, adopted
+            else:  # another version: the store's (we recorded an older one), or one put here without a record
+                change = CHANGED_IN_STORE if row is not None else CHANGED_LOCALLY
+        elif row is not None and not same_version:
+            change = CHANGED_IN_STORE
+        else:  # missing here (new, or gone since it was downloaded), or another size than it was left with
+            change = NEW if st is None and row is None else CHANGED_LOCALLY
+        fetch.append((obj, rel))
+        changes.append((obj.key, change, obj.size))
+    return fetch, adopted, changes
 
 
 def _same_bytes(out: Output, rel: str, obj: RemoteObject, st) -> bool:

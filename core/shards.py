@@ -5,8 +5,8 @@ import csv
 import os
 from pathlib import Path
 
-from core.model import FAILED_CSV_NAME, Counts, tool_file
-from core.report import CSV_HEADER, TABLE_ROWS
+from core.model import CHANGES_CSV_NAME, FAILED_CSV_NAME, Counts, tool_file
+from core.report import CHANGES_HEADER, CSV_HEADER, TABLE_ROWS
 
 
 def split(folders: list[str], shards: int) -> list[tuple[str, str]]:
@@ -29,29 +29,40 @@ def counts_from_rows(rows: list[dict]) -> Counts:
     values = {r["metric"].replace(" ", "_"): r["value"] for r in rows}
     return Counts(**{name: int(values.get(name, 0)) for name in
                     ("listed", "filtered_out", "already_present", "downloaded", "failed", "restore_required",
-                     "bytes")})
+                     "bytes", "new", "changed_in_store", "changed_locally", "deleted")})
 
 
 def merge_failed_csvs(output: Path, shards: list[str]) -> tuple[Path | None, list[list]]:
-    """Concatenate the shards' failure CSVs into <output>/.oss-failed.csv (or remove it: no failures).
-    No symbolic link planted in the output is followed: not at the temp name, the shards' CSVs or the result."""
-    path, tmp = output / FAILED_CSV_NAME, output / (FAILED_CSV_NAME + ".tmp")
+    """The shards' failure CSVs as one <output>/.oss-failed.csv (or none: no failures)."""
+    return merge_csvs(output, shards, FAILED_CSV_NAME, CSV_HEADER)
+
+
+def merge_changes_csvs(output: Path, shards: list[str]) -> tuple[Path | None, list[list]]:
+    """The shards' change reports as one <output>/.oss-changes.csv (or none: nothing changed)."""
+    return merge_csvs(output, shards, CHANGES_CSV_NAME, CHANGES_HEADER)
+
+
+def merge_csvs(output: Path, shards: list[str], name: str, header: list[str]) -> tuple[Path | None, list[list]]:
+    """Concatenate the shards' CSVs called `name` into <output>/`name` (or remove it: all empty). No symbolic
+    link planted in the output is followed: not at the temp name, the shards' CSVs or the result. Returns the
+    path and the first TABLE_ROWS rows (numbers as numbers)."""
+    path, tmp = output / name, output / (name + ".tmp")
     first: list[list] = []
     count = 0
     tmp.unlink(missing_ok=True)
     with _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w") as out:
         writer = csv.writer(out)
-        writer.writerow(CSV_HEADER)
+        writer.writerow(header)
         for shard in shards:
             try:
-                part = _open_nofollow(output / tool_file(FAILED_CSV_NAME, shard), os.O_RDONLY, "r")
+                part = _open_nofollow(output / tool_file(name, shard), os.O_RDONLY, "r")
             except FileNotFoundError:
                 continue
             with part:
                 for row in list(csv.reader(part))[1:]:
                     writer.writerow(row)
                     if count < TABLE_ROWS:
-                        first.append([row[0], row[1], int(row[2])])
+                        first.append([*row[:-1], int(row[-1])])
                     count += 1
         out.flush()
         os.fsync(out.fileno())

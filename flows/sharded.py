@@ -27,7 +27,7 @@ from core.engine.limits import divide_bwlimit
 from core.errors import ListingError, UsageError
 from core.paths import prepare_output
 from core.report import Summary
-from core.shards import merge_failed_csvs, shard_names, split, counts_from_rows
+from core.shards import counts_from_rows, merge_changes_csvs, merge_failed_csvs, shard_names, split
 
 DEFAULT_DEPLOYMENT = "object-download/shard"
 MAX_SHARDS = 64
@@ -148,7 +148,9 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
             else:
                 broken.append(f"{run.name} ({run.state.name})")
     csv_path, first_rows = merge_failed_csvs(output, names)
-    summary = Summary.of(tally, time.monotonic() - started, csv_path)
+    changes_csv, first_changes = merge_changes_csvs(output, names)
+    summary = Summary.of(tally, time.monotonic() - started, csv_path, changes_csv=changes_csv,
+                         first_changes=first_changes)
     artifacts.publish_summary(summary, first_rows)
     if broken:
         raise ShardsBroken(f"shard runs did not finish: {', '.join(sorted(broken))}")

@@ -15,6 +15,7 @@ from core.report import Preview, Summary, md_cell
 SUMMARY_KEY = "download-summary"
 FAILURES_KEY = "download-failures"
 FAILED_CSV_KEY = "download-failed-csv"
+CHANGES_KEY = "download-changes"
 PREVIEW_KEY = "download-preview"
 
 def publish_summary(summary: Summary, first_rows: list[list], proxies: Proxies | None = None) -> None:
@@ -30,6 +31,12 @@ def publish_summary(summary: Summary, first_rows: list[list], proxies: Proxies |
                              description=f"Full failure list (key,last_error,retry_count), {where}")
     else:
         create_markdown_artifact("No failures.", key=FAILURES_KEY, description="Download failures")
+    if summary.changes_csv:
+        link, where = failed_csv_link(Path(summary.changes_csv), proxies, folder="download-changes")
+        rows = "\n".join(f"| {md_cell(k)} | {c} | {s} |" for k, c, s in summary.first_changes)
+        create_markdown_artifact(
+            f"[All changes (key,change,size), {where}]({link})\n\n| key | change | size |\n|---|---|---|\n{rows}\n",
+            key=CHANGES_KEY, description=f"First {len(summary.first_changes)} changes")
 
 
 def final_state(result):
@@ -46,11 +53,12 @@ def final_state(result):
 LINK_SECONDS = 7 * 24 * 3600
 
 
-def failed_csv_link(csv_path: Path, proxies: Proxies | None = None) -> tuple[str, str]:
-    """A link to the full failure CSV, and where it leads. With Prefect's default result storage set to an
-    S3 bucket block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/NAME, prefect-aws), the CSV is uploaded
-    there and the link is a presigned HTTPS URL any browser can open; otherwise it is the file on the
-    worker's disk (file://, openable on that machine)."""
+def failed_csv_link(csv_path: Path, proxies: Proxies | None = None, folder: str = "download-failures"
+                    ) -> tuple[str, str]:
+    """A link to a full CSV (failures, changes), and where it leads. With Prefect's default result storage
+    set to an S3 bucket block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/NAME, prefect-aws), the CSV is
+    uploaded there (`folder`/<flow run id>/) and the link is a presigned HTTPS URL any browser can open;
+    otherwise it is the file on the worker's disk (file://, openable on that machine)."""
     from prefect.runtime import flow_run
     from prefect.settings import get_current_settings
     slug = get_current_settings().results.default_storage_block
@@ -68,14 +76,14 @@ def failed_csv_link(csv_path: Path, proxies: Proxies | None = None) -> tuple[str
         params.config = {**(params.config or {}),  # the product's proxy reading, as for every other request
                          "proxies": (proxies or Proxies.from_environment()).botocore(
                              params.endpoint_url or "https://s3.amazonaws.com")}
-        key = storage.upload_from_path(csv_path, f"download-failures/{flow_run.id or 'local'}/{csv_path.name}",
+        key = storage.upload_from_path(csv_path, f"{folder}/{flow_run.id or 'local'}/{csv_path.name}",
                                        ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
         client = storage.credentials.get_s3_client()
         url = client.generate_presigned_url("get_object", Params={"Bucket": storage.bucket_name, "Key": key},
                                             ExpiresIn=LINK_SECONDS)
     except Exception as exc:  # noqa: BLE001 - the run's result stands; only the link is the local file
-        get_run_logger().warning("failure CSV not uploaded to %s (%s): the link is the file on the worker",
-                                 slug, type(exc).__name__)
+        get_run_logger().warning("%s not uploaded to %s (%s): the link is the file on the worker",
+                                 csv_path.name, slug, type(exc).__name__)
         return local
     return url, f"in s3://{storage.bucket_name}/{key} (link valid 7 days)"
 
