@@ -293,6 +293,7 @@ class ObjectsFailed(Exception):
         s = self.summary
         where = f": see {s.failed_csv}" if getattr(s, "failed_csv", None) else ""
         failed = f"{s.failed} of {s.listed - s.filtered_out} objects failed"
+        skipped = "".join(f"; {note}" for note in getattr(s, "notes", ()) if note.startswith("deletion skipped"))
         if getattr(s, "incomplete", ""):
-            return f"{s.incomplete}; {failed}{where}"
-        return f"{failed}{where}"
+            return f"{s.incomplete}; {failed}{where}{skipped}"
+        return f"{failed}{where}{skipped}"

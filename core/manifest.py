@@ -41,9 +41,15 @@ CREATE TABLE IF NOT EXISTS changes (    -- this run's change report until its CS
     size   INTEGER NOT NULL,
     PRIMARY KEY (run_id, key, change)
 );
+CREATE TABLE IF NOT EXISTS listed (     -- a mirror's run: the local paths its listing maps to
+    path   TEXT PRIMARY KEY,
+    folded TEXT NOT NULL                -- casefolded: what a case-insensitive file system compares
+);
+CREATE INDEX IF NOT EXISTS listed_folded ON listed (folded);
 """
 # Added after the first release; NULL in rows written before it.
-COLUMNS = {"mtime_ns": "INTEGER"}  # the local file's modification time when it was recorded done
+COLUMNS = {"mtime_ns": "INTEGER",  # the local file's modification time when it was recorded done
+           "local": "INTEGER NOT NULL DEFAULT 0"}  # failed at the local file system
 FLUSH_EVERY = 1.0      # seconds: the most a killed run can lose
 FLUSH_AT = 2000        # outcomes: write sooner when this many wait
 
@@ -77,6 +83,7 @@ class Manifest:
         self._db = self._open()
         self._pending: list[tuple] = []
         self._changes: list[tuple] = []
+        self._listed: list[tuple] = []
         self._wake = threading.Condition()
         self._error: BaseException | None = None
         self._closing = False
@@ -126,7 +133,7 @@ class Manifest:
         """Queue outcomes for the writer thread (never blocks on the disk)."""
         now = time.time()
         rows = [(o.key, o.size, o.etag, "done" if o.ok else "failed", o.attempts, o.error, int(o.retryable),
-                 run_id, now, o.path, o.mtime_ns) for o in outcomes]
+                 run_id, now, o.path, o.mtime_ns, int(o.local)) for o in outcomes]
         if not rows:
             return
         with self._wake:
@@ -140,6 +147,40 @@ class Manifest:
         if rows:
             with self._wake:
                 self._changes.extend(rows)
+
+    def start_listing(self) -> None:
+        """A mirror's run begins: the paths an earlier run listed are forgotten."""
+        self.flush()
+        with self._lock:
+            self._db.execute("DELETE FROM listed")
+
+    def add_listed(self, paths: Iterable[str]) -> None:
+        """Local paths this run's listing maps to (for the writer thread)."""
+        rows = [(path, path.casefold()) for path in paths]
+        if rows:
+            with self._wake:
+                self._listed.extend(rows)
+
+    def listed(self, paths: list[str], folded: bool = False) -> set[str]:
+        """Which of the paths (casefolded ones, with `folded`) this run's listing maps to."""
+        self.flush()
+        column = "folded" if folded else "path"
+        found: set[str] = set()
+        with self._lock:
+            for i in range(0, len(paths), 500):
+                chunk = paths[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in self._db.execute(
+                    f"SELECT {column} FROM listed WHERE {column} IN ({marks})", chunk))
+        return found
+
+    def blocking_failures(self, run_id: str) -> int:
+        """This run's failures another run could change (retryable ones, local ones): a mirror then deletes
+        nothing. A key's own failures (unsafe, reserved, archived) do not count: they come back every run."""
+        self.flush()
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM objects WHERE run_id=? AND state='failed' AND"
+                                    " (retryable=1 OR local=1)", (run_id,)).fetchone()[0]
 
     def record(self, outcomes: Iterable[Outcome], run_id: str) -> None:
         """Write outcomes now (returns when they are committed)."""
@@ -169,10 +210,11 @@ class Manifest:
             with self._wake:
                 rows, self._pending = self._pending, []
                 changes, self._changes = self._changes, []
-            if rows or changes:
-                self._write(rows, changes)
+                listed, self._listed = self._listed, []
+            if rows or changes or listed:
+                self._write(rows, changes, listed)
 
-    def _write(self, rows: list[tuple], changes: list[tuple]) -> None:
+    def _write(self, rows: list[tuple], changes: list[tuple], listed: list[tuple]) -> None:
         try:
             self._db.execute("BEGIN")
             try:
@@ -180,10 +222,12 @@ class Manifest:
                                      changes)
                 self._db.executemany(
                     "INSERT INTO objects (key, size, etag, state, attempts, last_error, retryable, run_id, updated,"
-                    " path, mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
+                    " path, mtime_ns, local) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
                     " size=excluded.size, etag=excluded.etag, state=excluded.state, attempts=excluded.attempts,"
                     " last_error=excluded.last_error, retryable=excluded.retryable, run_id=excluded.run_id,"
-                    " updated=excluded.updated, path=excluded.path, mtime_ns=excluded.mtime_ns", rows)
+                    " updated=excluded.updated, path=excluded.path, mtime_ns=excluded.mtime_ns, local=excluded.local",
+                    rows)
+                self._db.executemany("INSERT OR IGNORE INTO listed (path, folded) VALUES (?,?)", listed)
                 self._db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):

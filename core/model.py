@@ -39,6 +39,7 @@ class Outcome:
     attempts: int
     error: str | None = None
     retryable: bool = False
+    local: bool = False  # failed here (the local file system), not at the store: a mirror then deletes nothing
     bytes_fetched: int = 0
     path: str = ""
     mtime_ns: int | None = None
@@ -70,6 +71,9 @@ class Plan:
     label: str = ""                      # the listing's name: the failure CSV's key for an incomplete listing
                                          # (a store's: the prefix listed; Feishu's: "tbl… records")
     fail_if_empty: bool = False          # nothing selected is a failure (exit 3), not a warning
+    delete: bool = False                 # a mirror: local files no listed key maps to go (core/mirror.py)
+    max_delete: int | None = None        # more to delete than this: nothing is deleted, the run fails
+    backup_dir: Path | None = None       # deleted and replaced files are moved here instead
 
     @property
     def manifest_name(self) -> str:

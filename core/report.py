@@ -159,6 +159,8 @@ class Preview:
     largest: list[tuple[int, str]] = field(default_factory=list)
     present: int = 0        # of `count`, already downloaded unchanged by an earlier run
     present_bytes: int = 0
+    listed: set[str] = field(default_factory=set, repr=False)  # a mirror's: the local paths listed
+    deletion: object = None  # a mirror's: what it would delete (core/mirror.py Deletion)
 
     @property
     def to_fetch(self) -> int:
@@ -194,6 +196,8 @@ class Preview:
                 todo.append((obj, target(obj, plan.strip)))
             except DownloadError:
                 pass  # an unsafe key is never present; the run reports it
+        if plan.delete:
+            self.listed.update(rel for _, rel in todo)
         fetch, _, _ = not_present(manifest or _NoRecords(), out, todo)
         fresh = {obj.key for obj, _ in fetch}
         for obj, _ in todo:
@@ -214,14 +218,17 @@ class Preview:
             lines += [f"  {human_bytes(size):>10}  {key}" for key, size in self.first]
         if self.count > len(self.first):
             lines.append(f"  ... and {self.count - len(self.first)} more")
+        if self.deletion is not None:
+            lines.append(self.deletion.text(dry=True))
         return "\n".join(lines)
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {md_cell(key)} | {size} |" for key, size in self.first)
+        deletion = f"\n```\n{self.deletion.text(dry=True)}\n```\n" if self.deletion is not None else ""
         return (f"**{self.count} objects, {human_bytes(self.total_bytes)}** ({self.filtered_out} filtered out);"
                 f" {self.present} already present, {self.to_fetch} to download"
                 f" ({human_bytes(self.bytes_to_fetch)})\n\n"
-                f"| key | size (bytes) |\n|---|---|\n{rows}\n")
+                f"| key | size (bytes) |\n|---|---|\n{rows}\n{deletion}")
 
 
 class _NoRecords:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Iterable
 
-from core.errors import DiskFull, DownloadError, as_download_error, retrying
+from core.errors import DiskFull, DownloadError, LocalPathError, as_download_error, retrying
 from core.manifest import FailedRow
 from core.model import CHANGED_IN_STORE, CHANGED_LOCALLY, NEW, UNKNOWN_SIZE, Counts, Outcome, RemoteObject
 from core.paths import target
@@ -32,17 +32,21 @@ def prepare(run: Run, objects: list[RemoteObject]) -> tuple[Counts, list[Item]]:
     counts, chosen = select(objects, plan)
     refused: list[Outcome] = []
     todo: list[Item] = []
+    listed: list[str] = []  # a mirror's: the local paths the listing maps to (never deleted)
     for obj in chosen:
         try:
             rel = target(obj, plan.strip)
         except DownloadError as err:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False, path=obj.path))
             continue
+        listed.append(rel)
         if obj.needs_restore:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False, path=obj.path))
             counts.restore_required += 1
             continue
         todo.append((obj, rel))
+    if plan.delete:
+        run.manifest.add_listed(listed)
     fresh, adopted, changes = not_present(run.manifest, run.out, todo)
     counts.already_present = len(todo) - len(fresh)
     for _, change, _ in changes:
@@ -76,7 +80,8 @@ async def _attempt(run: Run, obj: RemoteObject, rel: str, attempts: int, again: 
         err = as_download_error(exc, str(run.plan.output))
         if isinstance(err, DiskFull):
             run.halt.trip(err)
-        return Outcome(obj.key, obj.size, obj.etag, attempts, str(err), err.retryable, path=obj.path)
+        return Outcome(obj.key, obj.size, obj.etag, attempts, str(err), err.retryable,
+                       isinstance(err, (LocalPathError, DiskFull)), path=obj.path)
     size = got.size if obj.size == UNKNOWN_SIZE else obj.size  # a later run compares with what came
     return Outcome(obj.key, size, obj.etag, attempts, bytes_fetched=got.size, path=obj.path, mtime_ns=got.mtime_ns)
 

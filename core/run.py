@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Callable, Protocol
 
-from core import listing, rounds
+from core import listing, mirror, rounds
 from core.engine import Engine, engine_for
 from core.errors import DownloadError, ListingError
 from core.manifest import Manifest
@@ -146,6 +146,9 @@ def run_job(run: Run, batches: Batches, tick: Callable[[], None] | None = None) 
     counts, pending = Counts(), deque()
     incomplete, extra_rows = "", []
     notes = [run.manifest.warning] if run.manifest.warning else []
+    mirrors = plan.delete and not plan.shard  # a sharded run's parent deletes, once every shard has listed
+    if plan.delete:
+        run.manifest.start_listing()
 
     def settle(keep: int) -> None:
         while len(pending) > keep:
@@ -170,6 +173,12 @@ def run_job(run: Run, batches: Batches, tick: Callable[[], None] | None = None) 
         if counts.failed and plan.max_attempts > 1 and not run.halt.reason and run.source.retry_possible():
             pending.extend(batches.round2())
             settle(0)
+        if mirrors:
+            run.counts.phase = "deleting"
+            deletion = mirror.mirror(run, incomplete)
+            counts.add(deleted=deletion.count if not deletion.refused else 0)
+            incomplete = incomplete or deletion.refused
+            notes += [deletion.skipped] if deletion.skipped else []
         run.counts.phase = "finished"
     finally:
         for future in pending:
@@ -266,6 +275,12 @@ def preview(plan: Plan, settings: Settings, source: Source | Callable[[Engine], 
             for page in listing.pages(made, lambda token, _: listing.list_page(
                     made, token, plan.max_attempts, plan.retry_backoff, engine.request_slot)):
                 result.add_page(page.objects, plan, manifest, out)
+            if plan.delete and out is not None:
+                listed = {rel.casefold() for rel in result.listed} if mirror.case_insensitive(out) else result.listed
+                doomed = list(mirror.extraneous(out, plan, made.covers, lambda keys, _: listed & set(keys)))
+                result.deletion = mirror.Deletion(len(doomed), sum(size for _, size in doomed),
+                                                  doomed[:mirror.FIRST])
+            result.listed = set()
         finally:
             if made is not source:
                 made.close()

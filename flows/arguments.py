@@ -52,6 +52,7 @@ EPILOG_NO_PREFECT = dict(block="", prefect="""\
 GROUPS = {
     "what to download": ["backend", "endpoint", "bucket", "prefix", "include_suffix", "exclude", "min_size",
                          "max_size", "min_age", "max_age", "output"],
+    "mirror (README: Mirroring)": ["delete", "max_delete", "backup_dir"],
     "how": ["dry_run", "fail_if_empty", "concurrency", "max_attempts", "retry_backoff", "connect_timeout",
             "read_timeout", "low_speed_limit", "low_speed_time", "fsync", "max_requests_per_second", "bwlimit"],
     "store options": ["region", "profile", "addressing_style", "cname", "credentials_block"],
@@ -62,7 +63,7 @@ METAVARS = {"endpoint": "URL", "bucket": "NAME", "prefix": "P", "include_suffix"
             "min_size": "SIZE", "max_size": "SIZE", "min_age": "AGE", "max_age": "AGE", "output": "DIR",
             "concurrency": "N", "max_attempts": "N", "retry_backoff": "S", "connect_timeout": "S",
             "read_timeout": "S", "low_speed_limit": "B", "low_speed_time": "S", "max_requests_per_second": "R",
-            "bwlimit": "RATE", "region": "NAME", "profile": "NAME", "credentials_block": "NAME", "ca_bundle": "PATH",
+            "bwlimit": "RATE", "max_delete": "N", "backup_dir": "DIR", "region": "NAME", "profile": "NAME", "credentials_block": "NAME", "ca_bundle": "PATH",
             "proxy_block": "NAME"}
 
 

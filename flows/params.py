@@ -61,6 +61,18 @@ class DownloadParams(BaseModel):
                                                                     " 7d, 12h, 30m, or before a date (2024-01-31).")
     max_age: str | None = Field(None, title="Max age", description="Only objects last modified within this: 7d, 12h,"
                                                                     " or after a date (2024-01-31).")
+    delete: bool = Field(False, title="Delete (mirror)",
+                         description="Mirror: delete local files below the output that no listed key maps to"
+                                     " (within the prefix and the filters), as rclone sync; never when the"
+                                     " listing was incomplete or a download failed for a reason another run could"
+                                     " change.")
+    max_delete: int | None = Field(None, ge=0, title="Max delete",
+                                   description="With delete: more files than this to delete, delete none and fail"
+                                               " the run (exit 1).")
+    backup_dir: str | None = Field(None, title="Backup folder",
+                                   description="With delete: move deleted files here instead (their paths kept),"
+                                               " and the old copy of every file a download replaces; outside the"
+                                               " output.")
     dry_run: bool = Field(False, title="Dry run",
                           description="List and preview (count, size, already present, to fetch, largest, first"
                                       " keys); download and create nothing.")
@@ -158,9 +170,13 @@ class DownloadParams(BaseModel):
                         self.low_speed_limit, self.low_speed_time, self.fsync, self.bwlimit)
 
     def plan(self, run_id: str) -> Plan:
-        return Plan(Path(self.output).expanduser().resolve(), run_id, prefix_folder(self.prefix),
-                    self.filter(), self.max_attempts, self.retry_backoff, self.shard,
-                    label=self.prefix, fail_if_empty=self.fail_if_empty)
+        from core.mirror import check_backup_dir
+        output = Path(self.output).expanduser().resolve()
+        backup = Path(self.backup_dir).expanduser().resolve() if self.backup_dir else None
+        check_backup_dir(backup, output)
+        return Plan(output, run_id, prefix_folder(self.prefix), self.filter(), self.max_attempts, self.retry_backoff,
+                    self.shard, label=self.prefix, fail_if_empty=self.fail_if_empty, delete=self.delete,
+                    max_delete=self.max_delete, backup_dir=backup)
 
     @property
     def where(self) -> str:

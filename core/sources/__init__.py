@@ -92,6 +92,10 @@ class Source:
         """Whether a refused GET means the URL expired (so re-sign and try again)."""
         return err.expired
 
+    def covers(self, key: str) -> bool:
+        """Whether the listing takes in this key (a mirror deletes only local files within it)."""
+        return False
+
     def retry_possible(self) -> bool:
         """Whether round 2 can get anywhere now (the plugin's url mode: only while the plugin is there)."""
         return True
@@ -153,6 +157,11 @@ class StoreSource(Source):
             via = f" through the proxy {proxy}" if proxy and str(proxy) not in str(exc) else ""
             return UsageError(f"cannot reach endpoint {self.endpoint}{via}: {exc}")
         return exc
+
+    def covers(self, key: str) -> bool:
+        c = self.config
+        return key.startswith(c.prefix) and (not c.start_after or key > c.start_after) and \
+            (not c.end_before or key < c.end_before)
 
     def _refused(self, exc: HTTPStatusError) -> Exception:
         """What the store's refusal of the check's listing means."""
