@@ -268,6 +268,7 @@ class PluginJob(Events):
             await loop.run_in_executor(None, self.close)
             self.result = {**self.counts(), "csv": None, "zip": None, "finished_at": time.strftime("%H:%M:%S")}
             self.finished = True
+            self._record(incomplete=f"the job could not be finished: {type(exc).__name__}: {exc}")
             self.service.changed()
             await self.send(p.ack("error", f"the job could not be finished: {type(exc).__name__}: {exc}",
                                   stage="protocol"))
@@ -297,10 +298,7 @@ class PluginJob(Events):
         self.result = {**c, "csv": str(csv_path) if csv_path else None, "zip": str(zip_path) if zip_path else None,
                        "finished_at": time.strftime("%H:%M:%S")}
         self.finished = True
-        if self.recorded:
-            self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"],
-                           "bytes": sum(f.size for f in self.files.values()),
-                           "failed_csv": csv_path, "first_rows": first_rows})
+        self._record(failed_csv=csv_path, first_rows=first_rows)
         if self.files:
             log.info("%s: job finished: %d saved, %d failed in %s%s%s", self.name, c["completed"], c["failed"],
                      self.folder, f"; failures listed in {csv_path}" if csv_path else "",
@@ -334,9 +332,14 @@ class PluginJob(Events):
         self.source.stop()  # the run loop stops where it is: no round 2, no report (partial files stay)
         self.summary.thread.join(STOP_SECONDS)
         self.close()
+        self._record(incomplete="the service stopped before the job ended")
+
+    def _record(self, **extra) -> None:
+        """The job's record for Prefect (bridge/record.py), when recording is on."""
         if self.recorded:
             c = self.counts()
-            self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"]})
+            self.recorded({"listed": len(self.files), "downloaded": c["completed"], "failed": c["failed"],
+                           "bytes": sum(f.size for f in self.files.values()), **extra})
 
 
 def _in_thread(fn, *args) -> asyncio.Future:
@@ -394,8 +397,8 @@ class BridgeService:
             s.output = prepare_output(s.output)
         except UsageError as exc:
             raise StartError("output_not_writable", str(exc), path=str(s.output)) from None
-        from bridge.record import JobRecorder
-        self.recorder = JobRecorder()
+        from bridge.record import RECORDS_DIR, JobRecorder
+        self.recorder = JobRecorder(s.output / RECORDS_DIR)  # off unless a Prefect API is configured
         if s.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: other machines on the network can reach this service", s.host)
         try:
@@ -415,6 +418,7 @@ class BridgeService:
             raise StartError("cannot_listen", f"cannot listen on {s.host}:{s.port}: {reason}", host=s.host,
                              port=s.port, reason=reason) from None
         self.port = self._server.sockets[0].getsockname()[1]
+        self.recorder.start()  # sends what an earlier service left in the output, then each job's record
         log.info("listening on ws://%s:%s, saving to %s, %d downloads at once", s.host, self.port, s.output,
                  s.download_concurrency, extra={"bridge_event": True})
         self.event("started", host=s.host, port=self.port, output=str(s.output))
@@ -450,7 +454,7 @@ class BridgeService:
         for job in self.jobs:
             if not job.finished:
                 job.abandon()
-        self.recorder.wait(max(0.2, deadline - time.monotonic()))
+        self.recorder.stop(deadline - time.monotonic())  # records not sent yet stay for the next start
         self.event("stopped")
 
     def run_settings(self) -> Settings:

@@ -78,7 +78,7 @@ def _run(given: dict, yes: bool, terminal: bool, session: Session, prefect: bool
     display = None
     if terminal and not params.dry_run:
         preview = _preview_on_terminal(source, params)
-        if not preview.to_fetch:
+        if not preview.to_fetch and not getattr(preview.deletion, "count", 0):
             return _nothing_to_fetch(preview, params)
         if not yes:
             if not _terminal().confirm(preview):

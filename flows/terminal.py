@@ -140,8 +140,11 @@ def show_preview(console: Console, preview: Preview) -> None:
 
 def confirm(preview: Preview) -> bool:
     big = preview.bytes_to_fetch > BIG_JOB
-    left = f"Download {objects(preview.to_fetch)} ({human_bytes(preview.bytes_to_fetch)})?"
-    return _ask(questionary.confirm(left, default=not big))
+    left = f"Download {objects(preview.to_fetch)} ({human_bytes(preview.bytes_to_fetch)})"
+    doomed = getattr(preview.deletion, "count", 0)
+    if doomed:  # a mirror: what goes is part of the question, and the answer defaults to No
+        left += f" and delete {objects(doomed)} ({human_bytes(preview.deletion.bytes)}) here"
+    return _ask(questionary.confirm(left + "?", default=not big and not doomed))
 
 
 class Seen(NamedTuple):

@@ -393,7 +393,7 @@ def test_origins_feishu_lark_localhost_and_configured_ones_only(start_service, c
 # -- the terminal command ----------------------------------------------------------------------------------------
 # The checkout under test, whichever copy of the package is installed; run where no .env is.
 # Without a Prefect API (a worker that ran a Prefect test has PREFECT_API_URL set): these tests are about the
-# service's own exit; with one, a stop also waits (up to 15 s) for finished jobs' flow runs to be published.
+# service's own exit (with one, jobs would also leave records in the output for the sender: see below).
 CLI_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
 CLI_ENV.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
 
@@ -527,6 +527,7 @@ def test_each_job_is_a_prefect_flow_run_with_its_summary(prefect_api, feishu, tm
         plugin.stale_first.add(2)
         assert run(plugin.download_url_mode(cells, zip_name="rec", zip_after=False)) == "complete"
         assert plugin.job_complete["completed"] == 2
+        wait_until(lambda: not list((tmp_path / "dl" / ".oss-records").glob("*.json")))  # sent while it runs
     finally:
         svc.stop()
     with get_client(sync_client=True) as client:
@@ -543,3 +544,78 @@ def test_each_job_is_a_prefect_flow_run_with_its_summary(prefect_api, feishu, tm
     summary = next(a for a in artifacts if a.key == "download-summary").data
     rows = {r["metric"]: r["value"] for r in (json.loads(summary) if isinstance(summary, str) else summary)}
     assert rows["downloaded"] == "2" and rows["failed"] == "0"
+
+
+def _plugin_job_runs(job_name: str, timeout: float = 30.0) -> list:
+    """The session server's completed `feishu-plugin-job` flow runs of this job (a hang guard, not a timing
+    assert: the sender publishes them in its own thread)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["feishu-plugin-job"])))
+            done = [r for r in runs if r.parameters.get("job_name") == job_name and r.state.is_completed()]
+            if done or time.monotonic() > deadline:
+                return done
+            time.sleep(0.5)
+
+
+def _summary_rows(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    summary = next(a for a in artifacts if a.key == "download-summary").data
+    return {r["metric"]: r["value"] for r in (json.loads(summary) if isinstance(summary, str) else summary)}
+
+
+def stop_within_a_hang_guard(svc: BridgeService) -> None:
+    import threading
+    stopping = threading.Thread(target=svc.stop, daemon=True)
+    stopping.start()
+    stopping.join(60)  # the bound itself (5 s) is the CLI's test; here: it returns, whatever the API does
+    assert not stopping.is_alive(), "stop() hung"
+
+
+def test_records_wait_in_the_output_while_the_api_is_down_and_the_next_start_sends_them(prefect_api, feishu,
+                                                                                        tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from tests.conftest import free_port
+
+    output = tmp_path / "dl"
+    spool = output / ".oss-records"
+    cells = cells_of(feishu, "app", "tbl", [("k1.txt", content("k1"), ""), ("k2.txt", content("k2"), "")])
+    feishu.deny_file(cells[1]["token"])
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):  # nothing listens there
+        svc = BridgeService(BridgeSettings(port=0, output=output, retry_backoff=0.01,
+                                           personal_base_token=GOOD_TOKEN)).start()
+    try:
+        plugin = PublishedPlugin(svc.port, feishu)
+        assert run(plugin.download_url_mode(cells, zip_name="kept", zip_after=False)) == "complete"
+        records = wait_until(lambda: list(spool.glob("*.json")))
+    finally:
+        stop_within_a_hang_guard(svc)
+    assert [p.name for p in spool.glob("*.json")] == [records[0].name]  # not sent, not lost
+    text = records[0].read_text(encoding="utf-8")
+    record = json.loads(text)
+    assert (record["job_name"], record["listed"], record["downloaded"], record["failed"]) == ("kept", 2, 1, 1)
+    assert record["bytes"] == 5000 and record["failed_csv"] and len(record["first_rows"]) == 1
+    assert record["started"] <= record["ended"] and not record["incomplete"]
+    assert GOOD_TOKEN not in text
+    assert not any(p.name.endswith((".tmp", ".bad", ".failed")) for p in spool.iterdir())
+
+    # The next service on this output, with the API up: the record becomes the job's flow run, then goes.
+    svc = BridgeService(BridgeSettings(port=0, output=output, retry_backoff=0.01, personal_base_token=GOOD_TOKEN))
+    try:
+        svc.start()
+        wait_until(lambda: not list(spool.glob("*.json")), timeout=60)
+    finally:
+        stop_within_a_hang_guard(svc)
+    done = _plugin_job_runs("kept")
+    assert len(done) == 1, done
+    assert GOOD_TOKEN not in json.dumps(done[0].parameters)
+    assert done[0].parameters["job_key"] == record["job_key"] and done[0].parameters["total"] == 2
+    rows = _summary_rows(done[0].id)
+    assert (rows["listed"], rows["downloaded"], rows["failed"], rows["bytes"]) == ("2", "1", "1", "5000")
