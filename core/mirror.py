@@ -35,6 +35,7 @@ class Deletion:
     first: list[tuple[str, int]] = field(default_factory=list)  # (path below the output, size)
     skipped: str = ""   # why nothing was deleted although --delete was given
     refused: str = ""   # more than --max-delete: nothing deleted, the run fails (exit 1)
+    rows: list = field(default_factory=list)  # (key, DELETED, size) when no manifest records them
 
     def text(self, dry: bool = False) -> str:
         from core.report import human_bytes, objects
@@ -177,3 +178,31 @@ def mirror(run, incomplete: str) -> Deletion:
                         refused=f"not deleting: {len(doomed)} files to delete, more than --max-delete"
                                 f" {plan.max_delete}; nothing was deleted")
     return delete(run.out, plan, doomed, lambda rows: run.manifest.add_changes(rows, plan.run_id))
+
+
+def mirror_shards(plan: Plan, shards: list[tuple[str, str, Callable[[str], bool]]], owner: dict) -> Deletion:
+    """A sharded run's deletions, by its parent once every shard has run: each shard (name, run id, what its
+    listing covers) recorded the paths it listed in its own manifest, and deletes only within its own range;
+    nothing at all when any shard failed for a reason another run could change."""
+    from core.manifest import Manifest
+    from core.model import MANIFEST_NAME, tool_file
+    with Output(plan.output, owner=owner) as out:  # the whole output: no shard runs any more
+        manifests = {name: Manifest(plan.output, tool_file(MANIFEST_NAME, name)) for name, _, _ in shards}
+        try:
+            blocking = sum(manifests[name].blocking_failures(run_id) for name, run_id, _ in shards)
+            if blocking:
+                return Deletion(skipped=f"deletion skipped: {blocking} download(s) failed for a reason another"
+                                        " run could change (see the failure CSV)")
+            doomed = [found for name, _, covers in shards
+                      for found in extraneous(out, plan, covers, manifests[name].listed)]
+            if plan.max_delete is not None and len(doomed) > plan.max_delete:
+                return Deletion(len(doomed), sum(size for _, size in doomed), doomed[:FIRST],
+                                refused=f"not deleting: {len(doomed)} files to delete, more than --max-delete"
+                                        f" {plan.max_delete}; nothing was deleted")
+            rows: list = []
+            result = delete(out, plan, doomed, rows.extend)
+            result.rows = rows
+            return result
+        finally:
+            for manifest in manifests.values():
+                manifest.close()

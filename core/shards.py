@@ -37,12 +37,14 @@ def merge_failed_csvs(output: Path, shards: list[str]) -> tuple[Path | None, lis
     return merge_csvs(output, shards, FAILED_CSV_NAME, CSV_HEADER)
 
 
-def merge_changes_csvs(output: Path, shards: list[str]) -> tuple[Path | None, list[list]]:
-    """The shards' change reports as one <output>/.oss-changes.csv (or none: nothing changed)."""
-    return merge_csvs(output, shards, CHANGES_CSV_NAME, CHANGES_HEADER)
+def merge_changes_csvs(output: Path, shards: list[str], extra_rows: list = ()) -> tuple[Path | None, list[list]]:
+    """The shards' change reports as one <output>/.oss-changes.csv (or none: nothing changed), and the
+    parent's own rows (its deletions)."""
+    return merge_csvs(output, shards, CHANGES_CSV_NAME, CHANGES_HEADER, extra_rows)
 
 
-def merge_csvs(output: Path, shards: list[str], name: str, header: list[str]) -> tuple[Path | None, list[list]]:
+def merge_csvs(output: Path, shards: list[str], name: str, header: list[str], extra_rows: list = ()
+               ) -> tuple[Path | None, list[list]]:
     """Concatenate the shards' CSVs called `name` into <output>/`name` (or remove it: all empty). No symbolic
     link planted in the output is followed: not at the temp name, the shards' CSVs or the result. Returns the
     path and the first TABLE_ROWS rows (numbers as numbers)."""
@@ -64,6 +66,11 @@ def merge_csvs(output: Path, shards: list[str], name: str, header: list[str]) ->
                     if count < TABLE_ROWS:
                         first.append([*row[:-1], int(row[-1])])
                     count += 1
+        for row in extra_rows:
+            writer.writerow(row)
+            if count < TABLE_ROWS:
+                first.append(list(row))
+            count += 1
         out.flush()
         os.fsync(out.fileno())
     if count:

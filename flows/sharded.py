@@ -22,7 +22,8 @@ from flows.params import DownloadParams, with_deployment_defaults
 from tasks import artifacts
 from tasks.runs import source_of
 from core.model import Counts
-from core import listing
+from core import listing, mirror
+from core.sources import within
 from core.engine.limits import divide_bwlimit
 from core.errors import ListingError, UsageError
 from core.paths import prepare_output
@@ -139,22 +140,43 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
     tally = Counts()
     with get_client(sync_client=True) as client:
         runs = _wait(client, [c.id for c in children], poll_seconds, start_timeout, pool)
-        broken = []
+        broken, unlisted = [], []
         for run_id, run in runs.items():
             rows = _summary_rows(client, run_id)
             # A shard that ran to its report has a summary (Failed too, when some objects failed).
             if rows:
                 tally.add(counts_from_rows(rows))
+                unlisted += [run.name for r in rows if r["metric"] == "incomplete"]
             else:
                 broken.append(f"{run.name} ({run.state.name})")
+    notes, incomplete, deleted = [], "", []
+    if params.delete and unlisted:
+        notes.append(f"deletion skipped: the listing was incomplete in {', '.join(sorted(unlisted))}")
+    elif params.delete and not broken:  # every shard listed completely and ran to its report
+        from prefect.runtime import flow_run
+        deletion = mirror.mirror_shards(
+            params.plan("parent"), [(name, str(c.id), _covers(params, after, before))
+                                    for name, c, (after, before) in zip(names, children, ranges)],
+            owner={"flow_run_id": str(flow_run.id or "")})
+        tally.add(deleted=0 if deletion.refused else deletion.count)
+        incomplete, deleted = deletion.refused, deletion.rows
+        notes += [deletion.skipped] if deletion.skipped else []
+    elif params.delete:
+        notes.append("deletion skipped: not every shard ran to its end")
     csv_path, first_rows = merge_failed_csvs(output, names)
-    changes_csv, first_changes = merge_changes_csvs(output, names)
-    summary = Summary.of(tally, time.monotonic() - started, csv_path, changes_csv=changes_csv,
+    changes_csv, first_changes = merge_changes_csvs(output, names, deleted)
+    summary = Summary.of(tally, time.monotonic() - started, csv_path, incomplete, notes, changes_csv=changes_csv,
                          first_changes=first_changes)
     artifacts.publish_summary(summary, first_rows)
     if broken:
         raise ShardsBroken(f"shard runs did not finish: {', '.join(sorted(broken))}")
     return artifacts.final_state(summary)
+
+
+def _covers(params: DownloadParams, after: str, before: str):
+    """What one shard's listing takes in: the prefix, its key range."""
+    config = params.model_copy(update={"start_after": after, "end_before": before}).store_config()
+    return lambda key: within(config, key)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,6 +115,12 @@ class Deferred:
         return self.make(engine)
 
 
+def within(config: StoreConfig, key: str) -> bool:
+    """Whether a config's listing takes in the key: its prefix, its shard's key range."""
+    return key.startswith(config.prefix) and (not config.start_after or key > config.start_after) and \
+        (not config.end_before or key < config.end_before)
+
+
 def listing_params(config: StoreConfig, token: str | None, limit: int, delimiter: str = "") -> list[tuple[str, str]]:
     """The query of one ListObjectsV2 page (S3 and OSS ask it the same way), keys URL-encoded in the answer."""
     params = [("list-type", "2"), ("prefix", config.prefix), ("max-keys", str(limit)), ("encoding-type", "url")]
@@ -159,9 +165,7 @@ class StoreSource(Source):
         return exc
 
     def covers(self, key: str) -> bool:
-        c = self.config
-        return key.startswith(c.prefix) and (not c.start_after or key > c.start_after) and \
-            (not c.end_before or key < c.end_before)
+        return within(self.config, key)
 
     def _refused(self, exc: HTTPStatusError) -> Exception:
         """What the store's refusal of the check's listing means."""
