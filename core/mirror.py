@@ -120,7 +120,7 @@ def delete(out: Output, plan: Plan, doomed: list[tuple[str, int]], record: Calla
             with out.folder(folder, create=False) as handle:
                 path, at = _at(handle, name)
                 if plan.backup_dir is not None:
-                    _move_out(path, at, Path(plan.backup_dir) / rel, stamp)
+                    move_out(path, at, Path(plan.backup_dir) / rel, stamp)
                 else:
                     os.unlink(path, dir_fd=at)
         except FileNotFoundError:
@@ -142,7 +142,7 @@ def delete(out: Output, plan: Plan, doomed: list[tuple[str, int]], record: Calla
     return result
 
 
-def _move_out(path: str, at: int | None, target: Path, stamp: str) -> None:
+def move_out(path: str, at: int | None, target: Path, stamp: str) -> None:
     """Keep the file below the backup folder at the same path; a name already there gets the time added."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(target):

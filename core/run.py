@@ -87,6 +87,7 @@ def open_run(plan: Plan, settings: Settings | Engine, source: Source | Callable[
     the engine (a source that calls APIs on the engine's loop). Whoever opens a run closes it (close_run),
     and with it the engine it started and the source."""
     out = Output(plan.output, plan.shard, owner=owner)
+    out.backup_dir = plan.backup_dir
     try:
         manifest = Manifest(plan.output, plan.manifest_name)
     except BaseException:

@@ -22,9 +22,19 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # POSIX
+    msvcrt = None
 
 from core.errors import LocalPathError, UsageError, as_download_error
 
@@ -33,6 +43,8 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+# AT_CALLS, _NOFOLLOW, _DIRECTORY, and fcntl/msvcrt above are read when used: tests/test_portable.py sets them as
+# Windows has them (no *at() calls, no O_NOFOLLOW, an msvcrt lock) to run that branch on Linux.
 AT_CALLS = {os.open, os.mkdir, os.rename, os.stat, os.unlink} <= os.supports_dir_fd
 MAX_OPEN_FOLDERS = 256
 
@@ -56,6 +68,7 @@ class Output:
     def __init__(self, root: Path, shard: str | None = None, owner: dict | None = None, read_only: bool = False):
         """`read_only`: only to look at what is there (a preview): no work area, no lock."""
         self.root = Path(root)
+        self.backup_dir: Path | None = None  # --backup-dir: replaced files are moved there (set by the run)
         self._lock = threading.Lock()
         self._folders: dict[str, list] = {}  # relative folder → [handle, users]
         self._root = self._open_root()
@@ -129,7 +142,7 @@ class Output:
 
     def _open_lock(self, name: str) -> int:
         path, at = _at(self._base, name)
-        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY, 0o644, dir_fd=at)
+        return _open_file(path, os.O_RDWR | os.O_CREAT, at, 0o644)
 
     def _busy(self) -> OutputBusy:
         """Who holds the output: a shard holding its lock, else the whole-output run."""
@@ -252,12 +265,24 @@ class Output:
                     dst, dst_at = _at(parent, name)
                     if not AT_CALLS:
                         _replaceable(dst)
+                    if self.backup_dir is not None:
+                        self._keep_old(dst, dst_at, rel)
                     os.replace(src, dst, src_dir_fd=src_at, dst_dir_fd=dst_at)
                     return
             except FileNotFoundError:
                 if again:
                     raise
                 self.forget(folder)  # removed while we ran (another tool, a user): made again
+
+    def _keep_old(self, dst: str, dst_at: int | None, rel: str) -> None:
+        """--backup-dir: the file a download replaces goes there first, at its path (core/mirror.py)."""
+        from core.mirror import move_out
+        try:
+            st = os.stat(dst, dir_fd=dst_at, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            move_out(dst, dst_at, self.backup_dir / rel, time.strftime("%Y%m%dT%H%M%S"))
 
     def stat(self, rel: str) -> os.stat_result | None:
         """The final file of a relative path if it is a regular file (never through a link), else None."""
@@ -275,7 +300,7 @@ class Output:
         folder, _, name = rel.rpartition("/")
         with self.folder(folder, create=False) as parent:
             path, at = _at(parent, name)
-            return os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY, dir_fd=at), "rb")
+            return os.fdopen(_open_file(path, os.O_RDONLY, at), "rb")
 
     # -- the work area -----------------------------------------------------------------------------
     @staticmethod
@@ -297,7 +322,7 @@ class Output:
         """An existing partial file for appending, or None (missing, or not a plain file of ours)."""
         path, at = _at(self._work, name)
         try:
-            fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | _BINARY, dir_fd=at)
+            fd = _open_file(path, os.O_RDWR, at)
         except OSError:
             return None
         st = os.fstat(fd)
@@ -355,8 +380,12 @@ class Output:
             os.unlink(path, dir_fd=at)
 
     def sync(self) -> None:
-        """Everything written below the output, durable (one syncfs of its file system)."""
-        from core.engine.commit import sync_file_system
+        """Everything written below the output, durable (one syncfs of its file system; sync() where there is
+        no syncfs; nothing on Windows, which has neither — and cannot open a folder as a file)."""
+        if _syncfs is None:
+            if hasattr(os, "sync"):
+                os.sync()
+            return
         fd = os.open(self.root, os.O_RDONLY | _CLOEXEC) if not isinstance(self._root, int) else self._root
         try:
             sync_file_system(fd)
@@ -397,6 +426,16 @@ def _at(handle, name: str) -> tuple[str, int | None]:
     return os.path.join(handle, name), None
 
 
+def _open_file(path: str, flags: int, at: int | None, mode: int = 0o777) -> int:
+    """os.open that never follows a symbolic link at the name: O_NOFOLLOW where the OS has it, else (Windows)
+    an lstat first, as for folders."""
+    if not _NOFOLLOW:
+        with contextlib.suppress(FileNotFoundError):
+            if _is_link(os.stat(path, dir_fd=at, follow_symlinks=False)):
+                raise OSError(errno.ELOOP, "symbolic link", path)
+    return os.open(path, flags | _NOFOLLOW | _CLOEXEC | _BINARY, mode, dir_fd=at)
+
+
 def _lexists_link(parent, name: str) -> bool:
     path, at = _at(parent, name)
     try:
@@ -426,10 +465,7 @@ def _read_json(fd: int) -> dict:
 def _lock_file(fd: int, shared: bool = False) -> bool:
     """Lock the open file (exclusive, or shared); False when another process holds it. The kernel releases
     it when the process ends, however it ends."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no shared locks; lock one byte far past the content, which stays readable
-        import msvcrt
+    if fcntl is None:  # Windows: no shared locks; lock one byte far past the content, which stays readable
         if shared:
             return True
         os.lseek(fd, 1 << 30, os.SEEK_SET)
@@ -443,3 +479,33 @@ def _lock_file(fd: int, shared: bool = False) -> bool:
     except OSError:
         return False
     return True
+
+
+# -- durability: the file system's own sync ----------------------------------------------------------------
+def sync_file_system(fd: int) -> None:
+    """Make every file written to the file system of `fd` durable: syncfs(2) on Linux, else sync(2)."""
+    if _syncfs is not None and _syncfs(fd) == 0:
+        return
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def _linux_libc():
+    """Linux's libc, or None: macOS's has no syncfs, and on Windows ctypes.CDLL(None) raises TypeError."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _syncfs_function():
+    """Linux's syncfs(2): one call makes every written file of the file system durable. Elsewhere None
+    (fsync per file)."""
+    libc = _linux_libc()
+    return libc.syncfs if libc is not None and hasattr(libc, "syncfs") else None
+
+
+_syncfs = _syncfs_function()

@@ -181,3 +181,35 @@ def test_on_a_case_insensitive_file_system_a_listed_name_in_another_case_stays(s
         core_run.close_run(run)
     assert summary.deleted == (0 if folded else 1)
     assert (out / "A.JPG").exists() is folded
+
+
+def test_an_interrupted_mirror_deletes_nothing(mirrored, s3, bucket):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while downloading: exit 130, and the files
+    a finished run would delete are all still here."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    client, out, base = mirrored
+    client.put_object(Bucket=bucket, Key="m/slow.txt", Body=b"slow")
+    s3.add_fault(bucket, "m/slow.txt", "delay", seconds=30)
+    before = local_tree(out)
+    run = subprocess.Popen([sys.executable, "-m", "flows.download", *base, "--delete"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while s3.get_count(bucket, "m/slow.txt") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert local_tree(out) == before and "deleted" not in stdout
+
+
+def test_the_backup_folder_keeps_the_old_copy_of_a_file_a_download_replaces(mirrored, s3, bucket, tmp_path):
+    client, out, base = mirrored
+    client.put_object(Bucket=bucket, Key="m/a.txt", Body=b"a, version 2")
+    backup = tmp_path / "backup"
+    done = run_cli(base + ["--backup-dir", str(backup)])  # no --delete: only what a download replaces
+    assert done.returncode == 0, done.stderr
+    assert (out / "a.txt").read_bytes() == b"a, version 2" and local_tree(backup) == {"a.txt": b"m/a.txt"}
