@@ -13,39 +13,13 @@ import asyncio
 import collections
 import contextlib
 import os
-import sys
 import threading
 from dataclasses import dataclass
 
 from core.engine.verify import verify
 from core.errors import IntegrityError
-from core.workarea import Output
-
-
-def sync_file_system(fd: int) -> None:
-    """Make every file written to the file system of `fd` durable: syncfs(2) on Linux, else sync(2)."""
-    if _syncfs is not None and _syncfs(fd) == 0:
-        return
-    if hasattr(os, "sync"):
-        os.sync()
-
-
-def _linux_libc():
-    """Linux's libc, or None: macOS's has no syncfs, and on Windows ctypes.CDLL(None) raises TypeError."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def _syncfs_function():
-    """Linux's syncfs(2): one call makes every written file of the file system durable. Elsewhere None
-    (fsync per file)."""
-    libc = _linux_libc()
-    return libc.syncfs if libc is not None and hasattr(libc, "syncfs") else None
+# syncfs is the output's (core/workarea.py): this module uses it, never the other way round.
+from core.workarea import Output, _linux_libc, _syncfs, _syncfs_function  # noqa: F401 - _syncfs_function: tests
 
 
 def _writeback_function():
@@ -60,7 +34,6 @@ def _writeback_function():
     return lambda fd, offset, length: call(fd, offset, length, 2)
 
 
-_syncfs = _syncfs_function()
 _writeback = _writeback_function()
 
 
