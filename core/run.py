@@ -119,7 +119,7 @@ def close_run(run: Run) -> None:
         try:
             run.manifest.close()
         finally:
-            run.out.close()
+            run.out.close(tidy=True)
 
 
 # -- the loop --------------------------------------------------------------------------------------------
@@ -253,8 +253,9 @@ def finish(run: Run, counts: Counts, seconds: float, incomplete: str = "", extra
     except (OSError, DownloadError) as exc:
         changes_csv, first_changes = None, []
         notes.append(f"the change report could not be written: {run.out.disk_error(exc)}")
-    if run.halt.reason is not None or (not counts.failed and not incomplete):
-        run.out.clear_work_area()  # partial files would only keep the disk full; or: leftovers
+    # Partial files would only keep a full disk full; after a run without failures they are leftovers; else
+    # the resumable ones stay for the next run.
+    run.out.clear_work_area(resumable=run.halt.reason is None and bool(counts.failed or incomplete))
     return Summary.of(counts, seconds, csv_path, incomplete, notes, changes_csv, first_changes), first_rows
 
 

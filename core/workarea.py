@@ -93,11 +93,21 @@ class Output:
             raise
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, tidy: bool = False) -> None:
+        """`tidy`: a run is over; when its work area holds nothing but its lock (nothing to resume, no shard
+        sharing it), the lock and the folder go too — unlinked while still held, so a run that opens it meanwhile
+        either finds it held or makes a new one, and the folder is removed only when empty."""
         with self._lock:
             for handle, _ in self._folders.values():
                 self._close(handle)
             self._folders.clear()
+        if tidy and self._lock_fds and getattr(self, "_work", None) is self._base and os.name != "nt":
+            with contextlib.suppress(OSError):  # Windows cannot remove a file it holds open: the lock stays there
+                if os.listdir(self._base) == ["lock"]:
+                    path, at = _at(self._base, "lock")
+                    os.unlink(path, dir_fd=at)
+                    path, at = _at(self._root, WORK_DIR)
+                    os.rmdir(path, dir_fd=at)
         while self._lock_fds:
             os.close(self._lock_fds.pop())  # releases the locks
         work, base = getattr(self, "_work", None), getattr(self, "_base", None)
@@ -393,13 +403,21 @@ class Output:
             if fd is not self._root:
                 os.close(fd)
 
-    def clear_work_area(self) -> None:
-        """After a complete run: partial files of objects that no longer exist are of no use. (Never the
-        locks, never another shard's folder.)"""
-        for name in os.listdir(self._work):
+    def clear_work_area(self, resumable: bool = False) -> None:
+        """After a run: what no later run can use goes. A complete run: every partial file (of objects that no
+        longer need one). `resumable`: only what could not be resumed — ranged parts, temp files, a partial
+        file without the version it belongs to or a version without its file; resumable partial files stay.
+        (Never the locks, never another shard's folder.)"""
+        names = set(os.listdir(self._work))
+        for name in names:
             path, at = _at(self._work, name)
-            if not name.startswith("lock") and not stat.S_ISDIR(os.stat(path, dir_fd=at, follow_symlinks=False).st_mode):
-                self.remove_temp(name)
+            if name.startswith("lock") or stat.S_ISDIR(os.stat(path, dir_fd=at, follow_symlinks=False).st_mode):
+                continue
+            stem, _, kind = name.rpartition(".")
+            if resumable and {kind, "part", "meta"} == {"part", "meta"} and \
+                    f"{stem}.{'meta' if kind == 'part' else 'part'}" in names:
+                continue
+            self.remove_temp(name)
 
     def disk_error(self, exc: BaseException):
         """An OSError of this output, in the product's terms (disk full names this folder)."""

@@ -316,3 +316,22 @@ def test_flow_publishes_summary_and_failure_artifacts(store, bucket, tmp_path, p
     assert failures == [{"key": "data/3.txt", "last_error": "HTTP 404 NoSuchKey: injected fault", "retry_count": 1}]
     assert (tmp_path / ".oss-failed.csv").as_uri() in by_key["download-failed-csv"].data
     assert by_key["download-progress"].data == 100.0
+
+
+def test_the_work_area_goes_when_nothing_in_it_can_be_resumed(s3, bucket, tmp_path):
+    """At the end of a run what cannot be resumed is removed, and the work area with its lock when that leaves it
+    empty — after a complete run, and after one whose failures left nothing to resume (a Feishu user's
+    attachment folder stays clean); a resumable partial file keeps it."""
+    put_many(s3, bucket, ["data/a", "data/b"], size=3000)
+    s3.add_fault(bucket, "data/b", "status", status=403, code="AccessDenied")
+    out = tmp_path / "out"
+    failed = run_cli(args(s3, bucket, out, "--no-prefect"))
+    assert failed.returncode == 1 and not (out / ".ossdl").exists()
+    s3.clear_faults()
+    put_many(s3, bucket, ["data/big"], size=600_000)
+    s3.add_fault(bucket, "data/big", "truncate")  # half the body: a partial file the next run resumes
+    cut = run_cli(args(s3, bucket, out, "--no-prefect", "--max-attempts", "1"))
+    assert cut.returncode == 1 and sorted(p.suffix for p in (out / ".ossdl").iterdir()) == ["", ".meta", ".part"]
+    s3.clear_faults()
+    done = run_cli(args(s3, bucket, out, "--no-prefect"))
+    assert done.returncode == 0 and not (out / ".ossdl").exists()

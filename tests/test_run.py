@@ -179,8 +179,10 @@ def test_finish_writes_the_csv_and_the_summary_and_keeps_partials_only_when_usef
     run = world.open()
     counts, items = rounds.prepare(run, world.listed(run))
     counts.add(round1(run, items))
-    partial = run.out.temp_name("elsewhere", "part")
-    os.close(run.out.create_temp(partial))
+    partial, meta, ranged = (run.out.temp_name(rel, kind) for rel, kind in (("elsewhere", "part"),
+                                                                           ("elsewhere", "meta"), ("big", "parts")))
+    for name in (partial, meta, ranged):
+        os.close(run.out.create_temp(name))
     incomplete, extra = core_run.listing_failure(run.plan, ListingError("listing failed: HTTP 500"))
     summary, first = core_run.finish(run, counts, 2.0, incomplete, extra)
     assert (summary.listed, summary.downloaded, summary.failed, summary.ok) == (2, 1, 1, False)
@@ -188,7 +190,9 @@ def test_finish_writes_the_csv_and_the_summary_and_keeps_partials_only_when_usef
     assert read_csv(summary.failed_csv) == [CSV_HEADER, ["d/", "listing incomplete: listing failed: HTTP 500", "3"],
                                             ["d/denied", "HTTP 403 AccessDenied: injected fault", "1"]]
     assert first[1] == ["d/denied", "HTTP 403 AccessDenied: injected fault", 1]
-    assert (world.root / "out" / ".ossdl" / partial).exists()    # failures left: a partial may be resumed
+    work = world.root / "out" / ".ossdl"
+    assert (work / partial).exists() and (work / meta).exists()  # failures left: a partial may be resumed ...
+    assert not (work / ranged).exists()                          # ... ranged parts never are
 
     world.oss.clear_faults()
     world.close(run)
@@ -251,8 +255,10 @@ def test_a_halt_stops_every_download_of_the_run(world):
     later = round1(run, items[10:])
     assert later.downloaded == later.failed == 0 and sum(world.gets(f"d/{i:02d}") for i in range(10, 12)) == 0
 
-    partial = run.out.temp_name("elsewhere", "part")
-    os.close(run.out.create_temp(partial))
+    partial, meta, ranged = (run.out.temp_name(rel, kind) for rel, kind in (("elsewhere", "part"),
+                                                                           ("elsewhere", "meta"), ("big", "parts")))
+    for name in (partial, meta, ranged):
+        os.close(run.out.create_temp(name))
     summary, _ = core_run.finish(run, counts.add(got), 1.0)
     assert summary.incomplete.startswith(f"stopped: no space left on device in {world.root / 'out'}")
     assert sorted(os.listdir(world.root / "out" / ".ossdl")) == ["lock"]  # ...but not on a full disk
