@@ -193,6 +193,7 @@ class LocalBatches:
     def __init__(self, run: Run):
         self.run = run
         self.first_rows: list[list] = []  # the failure CSV's, once reported (for an artifact)
+        self._in_order: asyncio.Lock | None = None
 
     def list_page(self, token: str | None, page_no: int) -> Page:
         run = self.run
@@ -205,7 +206,11 @@ class LocalBatches:
     async def _round1(self, objects: list[RemoteObject]) -> Counts:
         run = self.run
         loop = asyncio.get_running_loop()
-        counts, items = await loop.run_in_executor(None, rounds.prepare, run, objects)  # blocking: stat, hash
+        # Pages are prepared one after another, so their downloads queue for requests in the order listed
+        # (sent, for the plugin, whose files wait for links in that order).
+        self._in_order = self._in_order or asyncio.Lock()
+        async with self._in_order:
+            counts, items = await loop.run_in_executor(None, rounds.prepare, run, objects)  # blocking: stat, hash
         if items and run.halt.reason is None:
             counts.add(await rounds.round1(run, items))
         return counts

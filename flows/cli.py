@@ -18,8 +18,8 @@ from flows.arguments import build_parser, params_from_values, prefect_available
 from flows.signals import EXIT_OK, EXIT_USAGE, RESUMES, exit_code, on_ctrl_c
 
 STARTED = time.monotonic()  # the summary's time is the whole command's
-NO_PREFECT_BLOCK = ("reads a Prefect block, and this executable is built without Prefect: give the keys as"
-                    " environment variables (see --help) or --profile, the proxy as --proxy")
+NO_PREFECT_BLOCK = {"credentials_block": "give the keys as environment variables (see --help) or --profile",
+                    "proxy_block": "give the proxy as --proxy or HTTPS_PROXY"}
 
 
 @dataclass
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     prefect = not given.pop("no_prefect", False) and prefect_available()
     blocks = [f for f in ("credentials_block", "proxy_block") if f in given]
     if blocks and not prefect_available():
-        print(f"error: --{blocks[0].replace('_', '-')} {NO_PREFECT_BLOCK}", file=sys.stderr)
+        print(f"error: --{blocks[0].replace('_', '-')} reads a Prefect block, and this executable is built without"
+              f" Prefect: {NO_PREFECT_BLOCK[blocks[0]]}", file=sys.stderr)
         return EXIT_USAGE
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     if "bucket" not in given and not terminal:

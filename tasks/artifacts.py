@@ -32,7 +32,7 @@ def publish_summary(summary: Summary, first_rows: list[list], proxies: Proxies |
     else:
         create_markdown_artifact("No failures.", key=FAILURES_KEY, description="Download failures")
     if summary.changes_csv:
-        link, where = failed_csv_link(Path(summary.changes_csv), proxies, folder="download-changes")
+        link, where = failed_csv_link(Path(summary.changes_csv), proxies, "download-changes", "change report")
         rows = "\n".join(f"| {md_cell(k)} | {c} | {s} |" for k, c, s in summary.first_changes)
         create_markdown_artifact(
             f"[All changes (key,change,size), {where}]({link})\n\n| key | change | size |\n|---|---|---|\n{rows}\n",
@@ -53,8 +53,8 @@ def final_state(result):
 LINK_SECONDS = 7 * 24 * 3600
 
 
-def failed_csv_link(csv_path: Path, proxies: Proxies | None = None, folder: str = "download-failures"
-                    ) -> tuple[str, str]:
+def failed_csv_link(csv_path: Path, proxies: Proxies | None = None, folder: str = "download-failures",
+                    what: str = "failure CSV") -> tuple[str, str]:
     """A link to a full CSV (failures, changes), and where it leads. With Prefect's default result storage
     set to an S3 bucket block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/NAME, prefect-aws), the CSV is
     uploaded there (`folder`/<flow run id>/) and the link is a presigned HTTPS URL any browser can open;
@@ -82,8 +82,8 @@ def failed_csv_link(csv_path: Path, proxies: Proxies | None = None, folder: str 
         url = client.generate_presigned_url("get_object", Params={"Bucket": storage.bucket_name, "Key": key},
                                             ExpiresIn=LINK_SECONDS)
     except Exception as exc:  # noqa: BLE001 - the run's result stands; only the link is the local file
-        get_run_logger().warning("%s not uploaded to %s (%s): the link is the file on the worker",
-                                 csv_path.name, slug, type(exc).__name__)
+        get_run_logger().warning("%s not uploaded to %s (%s): the link is the file on the worker", what, slug,
+                                 type(exc).__name__)
         return local
     return url, f"in s3://{storage.bucket_name}/{key} (link valid 7 days)"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import inspect
 import os
 import shutil
@@ -263,3 +264,70 @@ def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: every worker sorts its collection the same way
         rank = {path: i for i, path in enumerate(LONG_FIRST)}
         items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FIRST)))
+
+
+# -- system programs some tests drive -------------------------------------------------------------------------------
+# Debian packages, as README "Tests" says to install them; `make test` installs the missing ones when it can (root or
+# passwordless sudo), .ci/run always. A test whose program is missing is skipped with one line naming the package and
+# this install line; with OSSDL_REQUIRE_SYSTEM=1 (.ci/run) it fails instead, so CI never skips one.
+SYSTEM_PACKAGES = "chromium xvfb xdotool x11-apps python3-tk fonts-wqy-microhei postgresql strace faketime openssl"
+REQUIRE_SYSTEM = "OSSDL_REQUIRE_SYSTEM"
+
+
+def find_program(name: str, *alternatives: str) -> str | None:
+    """Where a system program is: `name` or one of `alternatives`, each a program on PATH, an absolute path pattern
+    (a file its package installs: /usr/lib/postgresql/*/bin/initdb, a font's folder) or `import:MODULE` (a module a
+    system package gives this Python: import:_tkinter); None when none is there."""
+    for candidate in (name, *alternatives):
+        if candidate.startswith("import:"):
+            try:
+                __import__(candidate[len("import:"):])
+            except ImportError:
+                continue
+            return candidate
+        found = sorted(glob.glob(candidate))[-1:] if os.path.isabs(candidate) else [shutil.which(candidate)]
+        if found and found[0]:
+            return found[0]
+    return None
+
+
+def missing_program_line(name: str, package: str) -> str:
+    return (f"{name} is not installed (Debian package {package}); the suite's system packages: "
+            f"sudo apt-get install {SYSTEM_PACKAGES}")
+
+
+def need_program(name: str, package: str, *alternatives: str) -> str:
+    """The system program a test drives (see find_program), or the test is skipped with one line naming `package`
+    and the README's install line; failed instead under OSSDL_REQUIRE_SYSTEM=1. In a test or a fixture; as a mark
+    before any fixture is set up: @pytest.mark.system(name, package, *alternatives)."""
+    found = find_program(name, *alternatives)
+    if found is None:
+        line = missing_program_line(name, package)
+        if os.environ.get(REQUIRE_SYSTEM) == "1":
+            pytest.fail(f"{line} ({REQUIRE_SYSTEM}=1)", pytrace=False)
+        pytest.skip(line)
+    return found
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "system(name, package, *alternatives): the test drives this system program "
+                                       "(tests/conftest.py need_program)")
+
+
+def pytest_itemcollected(item):
+    """A test marked with a missing system program is skipped before its fixtures start (the skip points at it)."""
+    if os.environ.get(REQUIRE_SYSTEM) == "1":
+        return
+    for mark in item.iter_markers("system"):
+        if find_program(mark.args[0], *mark.args[2:]) is None:
+            item.add_marker(pytest.mark.skip(reason=missing_program_line(*mark.args[:2])))
+            return
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Under OSSDL_REQUIRE_SYSTEM=1, a marked test whose program is missing fails, before its fixtures start."""
+    if os.environ.get(REQUIRE_SYSTEM) != "1":
+        return
+    for mark in item.iter_markers("system"):
+        need_program(*mark.args)

@@ -34,7 +34,7 @@ from infra.s3_server import ACCESS_KEY, SECRET_KEY
 from core.report import human_bytes
 from tests.conftest import ROOT, OssStore
 from tests.plugin_client import PublishedPlugin, cells_of
-from tests.test_desktop import App, need_tools, port_open, screenshot, start_xvfb, stop_process
+from tests.test_desktop import App, need_tools, needs_display, port_open, screenshot, start_xvfb, stop_process
 from tests.test_download import body, leftovers, local_files, put
 
 DIST = ROOT / "dist"
@@ -366,7 +366,7 @@ class FrozenApp(App):
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
 
 
-@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
+@needs_display
 def test_the_desktop_app_completes_a_plugin_job_and_stops_on_sigterm(tmp_path):
     need_tools()
     xvfb, display = start_xvfb()

@@ -4,7 +4,6 @@ summary, so "exit 0" means on disk; --fsync makes each group of files durable be
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_download import args, local_files, put_many
 
-pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+pytestmark = pytest.mark.system("strace", "strace")  # tests/conftest.py need_program
 
 CALL = re.compile(r"^\d+\s+(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<result>-?\d+)")
 
@@ -48,9 +47,11 @@ def traced_run(store, bucket, out, tmp_path, *extra) -> list[tuple[str, str]]:
 
 
 def installs(calls) -> list[int]:
-    """Positions of the renames that gave a downloaded file its final name (out of the .ossdl/ work area)."""
+    """Positions of the renames that gave a downloaded file its final name (out of the .ossdl/ work area; not
+    the tool's own reports, .oss-failed.csv and .oss-changes.csv)."""
     return [i for i, (name, a) in enumerate(calls)
-            if name.startswith("rename") and "/.ossdl" in a.split(",")[0] and "/.ossdl" not in a.split(",")[2]]
+            if name.startswith("rename") and "/.ossdl" in a.split(",")[0] and "/.ossdl" not in a.split(",")[2]
+            and ".oss-" not in a.split(",")[3]]
 
 
 def file_syncs(calls, out) -> list[int]:

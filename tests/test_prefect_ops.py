@@ -8,9 +8,9 @@ by side. Every test makes its own objects and runs; none relies on another's."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, need_program
 from tests.prefect_ops import (MAKE, Receiver, artifacts_of, clean_env, client_for, free_port, logs_of,
                                postgres_cluster, run, start, start_workers, stop, wait_final, wait_for, wait_healthy)
 from tests.test_download import body, local_files, put, read_csv
@@ -72,6 +72,7 @@ def ops_server(tmp_path_factory, s3, prefect_file=None, database_url=None):
 
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory, s3):
+    need_program("/usr/lib/postgresql/*/bin/initdb", "postgresql")
     with postgres_cluster() as postgres, ops_server(tmp_path_factory, s3, database_url=postgres["url"]) as found:
         yield dict(found, psql=postgres["psql"])
 
@@ -300,6 +301,37 @@ def test_sharded_run_from_the_shell_spreads_over_both_workers(ops, s3, bucket, t
     assert "Traceback" not in server_log.read_text(errors="replace")[logged_before:]  # no lock races to excuse
 
 
+def test_a_sharded_mirror_deletes_after_every_shard_listed_each_within_its_range(ops, s3, bucket, tmp_path):
+    """--delete over shards (run as the object-download/shard deployment on the workers): each shard records
+    what it listed; the parent deletes range by range once all have run — and nothing when one shard failed
+    for a reason another run could change."""
+    keys = [f"mr/{f}/{i}.dat" for f in "abcd" for i in range(2)]
+    for key in keys:
+        put(s3, bucket, key, body(key, 500))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "flows.sharded", "--shards", "4", "--endpoint", s3.endpoint, "--bucket", bucket,
+               "--prefix", "mr/", "--output", str(out), "--credentials-block", "s3-credentials", "--poll-seconds", "1",
+               "--delete", "--max-attempts", "1"]
+    assert run(command, ops["env"], timeout=400).returncode == 0
+    s3.client().delete_object(Bucket=bucket, Key="mr/a/0.dat")
+    s3.client().delete_object(Bucket=bucket, Key="mr/c/1.dat")
+    for stray in ("b/stray.txt", "d/stray.txt", "top.txt"):
+        (out / stray).write_text("never in the store")
+    s3.add_fault(bucket, "mr/d/0.dat", "status", status=503, code="SlowDown")  # shard of d: a retryable failure
+    (out / "d" / "0.dat").unlink()
+    blocked = run(command, ops["env"], timeout=400)
+    assert blocked.returncode == 1 and "deletion skipped: 1 download(s) failed" in blocked.stdout, blocked.stdout
+    assert (out / "a" / "0.dat").exists() and (out / "top.txt").exists()
+    s3.clear_faults()
+    done = run(command, ops["env"], timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "deleted           5" in done.stdout, done.stdout
+    assert local_files(out) == {k[len("mr/"):]: body(k, 500) for k in keys if k not in ("mr/a/0.dat", "mr/c/1.dat")}
+    with open(out / ".oss-changes.csv", newline="") as f:
+        deleted = sorted(r[0] for r in csv.reader(f) if r[1] == "deleted")
+    assert deleted == ["mr/a/0.dat", "mr/b/stray.txt", "mr/c/1.dat", "mr/d/stray.txt", "mr/top.txt"]
+
+
 def test_credentials_blocks_typed_and_legacy(ops):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -348,10 +380,9 @@ def test_oss_runs_with_the_typed_block_and_a_legacy_secret_block(ops, oss, tmp_p
         assert SECRET_KEY not in everything_recorded(client, [], ops)
 
 
+@pytest.mark.system("chromium", "chromium", "chromium-browser")
 def test_flow_run_page_shows_the_artifacts_in_chromium(ops, s3, bucket, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium)")
+    chromium = need_program("chromium", "chromium", "chromium-browser")
     from playwright.sync_api import sync_playwright
     put(s3, bucket, "page/ok.txt", b"ok")
     put(s3, bucket, "page/denied.txt", b"no")
