@@ -110,7 +110,8 @@ class PluginJob(Events):
         self.source = PluginSource(self.plugin_links, LinkBroker(service.feishu_client(), config.table_id)
                                    if config.download_mode == "token" else None)
         plan = Plan(self.folder, config.job_id or "job", max_attempts=MAX_ATTEMPTS,
-                    retry_backoff=settings.retry_backoff, path_column=True, label=f"{self.name} (plugin)")
+                    retry_backoff=settings.retry_backoff, path_column=True, label=f"{self.name} (plugin)",
+                    report_changes=False)
         self.run = open_run(plan, service.engine, self.source, events=self)
         self.batches = LocalBatches(self.run)
         self.summary = _in_thread(run_job, self.run, self.batches)  # waits for pages until complete
@@ -124,7 +125,6 @@ class PluginJob(Events):
         self.result: dict = {}
         self._background: set[asyncio.Task] = set()
         self._progress_at = 0.0
-        self._started = asyncio.get_running_loop().time()
         self.recorded = service.recorder.begin(f"{plan.run_id}-{id(self)}", self.name, str(self.folder),
                                                config.total)
 

@@ -84,6 +84,11 @@ class LocalPathError(DownloadError):
     """The local file system refused (conflict, permissions, name too long, a symbolic link)."""
 
 
+class KeyClash(LocalPathError):
+    """The key itself cannot be a file here (a file where another key needs a folder, a name too long): every
+    run meets it again, so it never holds a mirror back."""
+
+
 class TLSError(DownloadError):
     """The server's certificate (or the handshake) was refused: another attempt meets the same server."""
 
@@ -201,7 +206,7 @@ def as_download_error(exc: BaseException, folder: str = "") -> DownloadError:
 def tls_error(exc: BaseException) -> TLSError:
     """A certificate or handshake refused, in the same words from http.client, aiohttp and curl."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSError(f"TLS error: certificate verify failed: {exc.verify_message}")
+        return TLSError(f"TLS error: certificate verify failed: {getattr(exc, 'verify_message', None) or exc}")
     return TLSError(f"TLS error: {getattr(exc, 'reason', None) or exc}"[:300])
 
 
@@ -237,11 +242,11 @@ def _local_error(exc: OSError, folder: str) -> DownloadError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(folder or (exc.filename and str(exc.filename)) or "the output folder")
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOTEMPTY):
-        return LocalPathError(f"file/folder conflict: {exc.strerror}")
+        return KeyClash(f"file/folder conflict: {exc.strerror}")
     if exc.errno == errno.ELOOP:
         return LocalPathError("unsafe local path: a folder on the way is a symbolic link")
     if exc.errno == errno.ENAMETOOLONG:
-        return LocalPathError("local name too long")
+        return KeyClash("local name too long")
     return LocalPathError(f"local file error: {exc.strerror or exc}")
 
 
@@ -251,12 +256,32 @@ def _store_sdk_error(exc: BaseException) -> DownloadError | None:
     if module.startswith("oss2"):
         import oss2.exceptions as ox
         if isinstance(exc, ox.RequestError):
+            inner = getattr(exc, "exception", None)
+            refused = _inside(inner, ssl.SSLError)
+            if refused is not None:
+                return tls_error(refused)
             text = str(getattr(exc, "body", "") or exc)
+            tunnel = re.search(r"Tunnel connection failed: (\d{3})", text)
+            if tunnel:
+                return ProxyRefused(int(tunnel.group(1)))
             return DownloadError("timeout" if "timed out" in text.lower() else "connection error",
                                  retryable=True)
         if isinstance(exc, ox.OssError):
             return HTTPStatusError(exc.status or 400, exc.code or "", (exc.message or "")[:200],
                                    (getattr(exc, "headers", None) or {}).get("date", ""))
+    return None
+
+
+def _inside(exc: BaseException | None, kind: type) -> BaseException | None:
+    """The `kind` of exception a library wrapped (requests → urllib3 → ssl), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kind):
+            return exc
+        nested = [getattr(exc, "reason", None), exc.__cause__, exc.__context__,
+                  *(a for a in getattr(exc, "args", ()) if isinstance(a, BaseException))]
+        exc = next((n for n in nested if isinstance(n, BaseException) and id(n) not in seen), None)
     return None
 
 

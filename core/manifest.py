@@ -156,7 +156,8 @@ class Manifest:
 
     def add_listed(self, paths: Iterable[str]) -> None:
         """Local paths this run's listing maps to (for the writer thread)."""
-        rows = [(path, path.casefold()) for path in paths]
+        from core.mirror import folded
+        rows = [(path, folded(path)) for path in paths]
         if rows:
             with self._wake:
                 self._listed.extend(rows)

@@ -74,6 +74,7 @@ class Plan:
     delete: bool = False                 # a mirror: local files no listed key maps to go (core/mirror.py)
     max_delete: int | None = None        # more to delete than this: nothing is deleted, the run fails
     backup_dir: Path | None = None       # deleted and replaced files are moved here instead
+    report_changes: bool = True          # .oss-changes.csv (not for the plugin's jobs: each is a new folder)
 
     @property
     def manifest_name(self) -> str:

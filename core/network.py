@@ -18,6 +18,7 @@ store's bundle nor --no-verify-ssl (they carry the token): REQUESTS_CA_BUNDLE an
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import os
 import ssl
@@ -200,8 +201,8 @@ class Proxies:
 
     @cached_property
     def _bypassed(self) -> Callable[[str, int], bool]:
-        if self.system:
-            return lambda host, port: bool(urllib.request.proxy_bypass(host))
+        if self.system:  # the registry or System Configuration: asked once per host, not per request
+            return functools.lru_cache(maxsize=4096)(lambda host, port: bool(urllib.request.proxy_bypass(host)))
         return _Bypass(self.bypass)
 
     def proxy_for(self, url: str) -> Proxy | None:
@@ -325,6 +326,12 @@ class Network:
 
     def proxy_for(self, url: str) -> Proxy | None:
         return self.proxies.proxy_for(url)
+
+    def unreachable(self, what: str, url: str, error: Exception) -> UsageError:
+        """The one line for a server that cannot be reached at the start, naming the proxy it went through."""
+        proxy = self.proxy_for(url)
+        via = f" through the proxy {proxy}" if proxy and str(proxy) not in str(error) else ""
+        return UsageError(f"cannot reach {what}{via}: {error}")
 
 
 

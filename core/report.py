@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from core.model import CHANGES_CSV_NAME, FAILED_CSV_NAME, Counts, Plan, RemoteObject
-from core.selection import not_present, select
+from core.selection import listed_paths, not_present, select
 from core.errors import DownloadError, NothingSelected
 from core.paths import target
 from core.manifest import Manifest
@@ -190,14 +190,14 @@ class Preview:
         self.add(tally, chosen)
         if out is None:
             return
+        if plan.delete:
+            self.listed.update(listed_paths(objects, plan))
         todo = []
         for obj in chosen:
             try:
                 todo.append((obj, target(obj, plan.strip)))
             except DownloadError:
                 pass  # an unsafe key is never present; the run reports it
-        if plan.delete:
-            self.listed.update(rel for _, rel in todo)
         fetch, _, _ = not_present(manifest or _NoRecords(), out, todo)
         fresh = {obj.key for obj, _ in fetch}
         for obj, _ in todo:

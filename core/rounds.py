@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Iterable
 
-from core.errors import DiskFull, DownloadError, LocalPathError, as_download_error, retrying
+from core.errors import DiskFull, DownloadError, KeyClash, LocalPathError, as_download_error, retrying
 from core.manifest import FailedRow
 from core.model import CHANGED_IN_STORE, CHANGED_LOCALLY, NEW, UNKNOWN_SIZE, Counts, Outcome, RemoteObject
 from core.paths import target
-from core.selection import Item, not_present, select
+from core.selection import Item, listed_paths, not_present, select
 
 if TYPE_CHECKING:
     from core.run import Run
@@ -30,28 +30,27 @@ def prepare(run: Run, objects: list[RemoteObject]) -> tuple[Counts, list[Item]]:
     and what is already here (recorded done). Blocking (stat, hashing, the manifest): not on the loop."""
     plan = run.plan
     counts, chosen = select(objects, plan)
+    if plan.delete:  # a mirror: every path a listed key maps to stays, whether the filter takes it or not
+        run.manifest.add_listed(listed_paths(objects, plan))
     refused: list[Outcome] = []
     todo: list[Item] = []
-    listed: list[str] = []  # a mirror's: the local paths the listing maps to (never deleted)
     for obj in chosen:
         try:
             rel = target(obj, plan.strip)
         except DownloadError as err:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False, path=obj.path))
             continue
-        listed.append(rel)
         if obj.needs_restore:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False, path=obj.path))
             counts.restore_required += 1
             continue
         todo.append((obj, rel))
-    if plan.delete:
-        run.manifest.add_listed(listed)
     fresh, adopted, changes = not_present(run.manifest, run.out, todo)
     counts.already_present = len(todo) - len(fresh)
     for _, change, _ in changes:
         setattr(counts, _COUNTER[change], getattr(counts, _COUNTER[change]) + 1)
-    run.manifest.add_changes(changes, plan.run_id)
+    if plan.report_changes:
+        run.manifest.add_changes(changes, plan.run_id)
     counts.failed = len(refused)
     run.manifest.add(refused + adopted, plan.run_id)
     run.counts.add(counts)
@@ -80,8 +79,8 @@ async def _attempt(run: Run, obj: RemoteObject, rel: str, attempts: int, again: 
         err = as_download_error(exc, str(run.plan.output))
         if isinstance(err, DiskFull):
             run.halt.trip(err)
-        return Outcome(obj.key, obj.size, obj.etag, attempts, str(err), err.retryable,
-                       isinstance(err, (LocalPathError, DiskFull)), path=obj.path)
+        local = isinstance(err, (LocalPathError, DiskFull)) and not isinstance(err, KeyClash)
+        return Outcome(obj.key, obj.size, obj.etag, attempts, str(err), err.retryable, local, path=obj.path)
     size = got.size if obj.size == UNKNOWN_SIZE else obj.size  # a later run compares with what came
     return Outcome(obj.key, size, obj.etag, attempts, bytes_fetched=got.size, path=obj.path, mtime_ns=got.mtime_ns)
 

@@ -176,7 +176,7 @@ def run_job(run: Run, batches: Batches, tick: Callable[[], None] | None = None) 
             settle(0)
         if mirrors:
             run.counts.phase = "deleting"
-            deletion = mirror.mirror(run, incomplete)
+            deletion = mirror.mirror(run, incomplete, counts.listed, counts.listed - counts.filtered_out)
             counts.add(deleted=deletion.count if not deletion.refused else 0)
             incomplete = incomplete or deletion.refused
             notes += [deletion.skipped] if deletion.skipped else []
@@ -283,8 +283,10 @@ def preview(plan: Plan, settings: Settings, source: Source | Callable[[Engine], 
                     made, token, plan.max_attempts, plan.retry_backoff, engine.request_slot)):
                 result.add_page(page.objects, plan, manifest, out)
             if plan.delete and out is not None:
-                listed = {rel.casefold() for rel in result.listed} if mirror.case_insensitive(out) else result.listed
-                doomed = list(mirror.extraneous(out, plan, made.covers, lambda keys, _: listed & set(keys)))
+                listed = {mirror.folded(rel) for rel in result.listed} if mirror.case_insensitive(out) \
+                    else result.listed
+                errors: list[str] = []
+                doomed = list(mirror.extraneous(out, plan, made.covers, lambda keys, _: listed & set(keys), errors))
                 result.deletion = mirror.Deletion(len(doomed), sum(size for _, size in doomed),
                                                   doomed[:mirror.FIRST])
             result.listed = set()

@@ -6,7 +6,7 @@ import hashlib
 from core.engine.verify import is_md5_etag
 from core.errors import DownloadError
 from core.model import CHANGED_IN_STORE, CHANGED_LOCALLY, NEW, UNKNOWN_SIZE, Counts, Outcome, Plan, RemoteObject
-from core.paths import is_folder_marker, listed_seconds
+from core.paths import is_folder_marker, listed_seconds, target
 from core.workarea import Output
 
 Item = tuple[RemoteObject, str]  # an object and its path below the output
@@ -28,6 +28,18 @@ def select(objects: list[RemoteObject], plan: Plan) -> tuple[Counts, list[Remote
 
 
 Change = tuple[str, str, int]  # key, what changed (core/model.py NEW, …), listed size
+
+
+def listed_paths(objects: list[RemoteObject], plan: Plan) -> list[str]:
+    """The local paths a listing page maps to (its keys that can be files), filtered out or not."""
+    found = []
+    for obj in objects:
+        if not is_folder_marker(obj.key):
+            try:
+                found.append(target(obj, plan.strip))
+            except DownloadError:
+                pass  # an unsafe key has no local path to keep
+    return found
 
 
 def not_present(manifest, out: Output, todo: list[Item]) -> tuple[list[Item], list[Outcome], list[Change]]:

@@ -36,7 +36,7 @@ try:
 except ImportError:  # POSIX
     msvcrt = None
 
-from core.errors import LocalPathError, UsageError, as_download_error
+from core.errors import KeyClash, LocalPathError, UsageError, as_download_error
 
 WORK_DIR = ".ossdl"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -77,14 +77,25 @@ class Output:
         if read_only:
             self._base = self._work = None
             return
+        for last in (False, False, True):
+            try:
+                self._base = self._child_folder(self._root, WORK_DIR, create=True, shown=WORK_DIR)
+            except LocalPathError:
+                self._close(self._root)
+                raise UsageError(f"{self.root / WORK_DIR} is not a folder this tool made (a file or a symbolic"
+                                 " link): remove it") from None
+            try:
+                self._take_locks(shard, owner or {})
+                break
+            except _Tidied:  # the run before removed its work area as we came in: make it anew
+                while self._lock_fds:
+                    os.close(self._lock_fds.pop())
+                self._close(self._base)
+                if last:
+                    self._close(self._root)
+                    raise OutputBusy(f"the work area of {self.root} keeps disappearing: is another run"
+                                     " finishing there?") from None
         try:
-            self._base = self._child_folder(self._root, WORK_DIR, create=True, shown=WORK_DIR)
-        except LocalPathError:
-            self._close(self._root)
-            raise UsageError(f"{self.root / WORK_DIR} is not a folder this tool made (a file or a symbolic"
-                             " link): remove it") from None
-        try:
-            self._take_locks(shard, owner or {})
             # A shard's temp files live in a folder of its own: shards of one job run at the same time
             # in one output, and each clears its own leftovers.
             self._work = self._child_folder(self._base, shard, True, f"{WORK_DIR}/{shard}") if shard else self._base
@@ -137,10 +148,15 @@ class Output:
     def _take_locks(self, shard: str | None, owner: dict) -> None:
         """A whole-output run holds `lock` exclusively. A shard holds `lock` shared (no whole-output run
         meanwhile; other shards welcome) and `lock-<shard>` exclusively (never the same shard twice)."""
-        main = self._open_lock("lock")
+        try:
+            main = self._open_lock("lock")
+        except FileNotFoundError:  # its folder was removed after we opened it (Output.close's tidy)
+            raise _Tidied() from None
         self._lock_fds.append(main)
         if not _lock_file(main, shared=bool(shard)):
             raise self._busy()
+        if AT_CALLS and not _still_linked(main, self._base, "lock"):
+            raise _Tidied()  # we hold a lock file its run unlinked on the way out: take the new one
         if shard:
             own = self._open_lock(f"lock-{shard}")
             self._lock_fds.append(own)
@@ -203,7 +219,7 @@ class Output:
                 if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _lexists_link(parent, name)):
                     raise LocalPathError(f"unsafe local path: {shown} is a symbolic link") from None
                 if exc.errno == errno.ENOTDIR:
-                    raise LocalPathError(f"file/folder conflict: {shown} is a file") from None
+                    raise KeyClash(f"file/folder conflict: {shown} is a file") from None
                 raise
         raise LocalPathError(f"local file error: cannot make folder {shown}")
 
@@ -468,6 +484,18 @@ def _replaceable(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.lstat(path).st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+
+
+class _Tidied(Exception):
+    """The work area or its lock went away while this run came in: the run before removed them."""
+
+
+def _still_linked(fd: int, folder, name: str) -> bool:
+    try:
+        path, at = _at(folder, name)
+        return os.stat(path, dir_fd=at, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_json(fd: int) -> dict:

@@ -158,6 +158,13 @@ def _kind(annotation) -> tuple[type, list | None]:
     return str, None
 
 
+def take_proxy_flag(values: dict) -> None:
+    """--proxy becomes the product's own variable (core/network.py): this process's clients and the flow run in
+    it, never Prefect's client nor a flow-run parameter."""
+    if "proxy" in values:
+        os.environ["OSSDL_PROXY"] = values.pop("proxy")
+
+
 def validated(model, values: dict):
     """The parameter model built from flag values; ValueError naming the flag when one is missing or wrong."""
     try:

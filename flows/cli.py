@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from flows.arguments import build_parser, params_from_values, prefect_available
+from flows.arguments import build_parser, params_from_values, prefect_available, take_proxy_flag
 from flows.signals import EXIT_OK, EXIT_USAGE, RESUMES, exit_code, on_ctrl_c
 
 STARTED = time.monotonic()  # the summary's time is the whole command's
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     yes = given.pop("yes", False)
-    if "proxy" in given:  # the product's own variable (core/network.py): this process's clients, not Prefect's
-        os.environ["OSSDL_PROXY"] = given.pop("proxy")
+    take_proxy_flag(given)
     prefect = not given.pop("no_prefect", False) and prefect_available()
     blocks = [f for f in ("credentials_block", "proxy_block") if f in given]
     if blocks and not prefect_available():

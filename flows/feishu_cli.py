@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from flows.arguments import prefect_available, validated
+from flows.arguments import prefect_available, take_proxy_flag, validated
 from flows.cli import Session, job_source
 from flows.console import print_result
 from flows.signals import RESUMES, exit_code, on_ctrl_c
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     values = vars(build_parser().parse_args(argv))
-    if "proxy" in values:  # the product's own variable (core/network.py): not Prefect's client
-        os.environ["OSSDL_PROXY"] = values.pop("proxy")
+    take_proxy_flag(values)
     prefect = not values.pop("no_prefect", False) and prefect_available()
     if ("token_block" in values or "proxy_block" in values) and not prefect:
         print("error: --token-block and --proxy-block read Prefect Secret blocks, which need Prefect (this run has"

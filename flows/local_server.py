@@ -19,6 +19,7 @@ import time
 import urllib.request
 
 ADDRESS_IN_USE = 3  # uvicorn's exit status when the port was taken after we picked it
+PROXY_VARIABLES = {f"{name}_proxy" for name in ("http", "https", "all", "no")} | {"OSSDL_PROXY"}
 SERVER_START_TIMEOUT = 90.0
 SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OSS_ACCESS_KEY_ID",
            "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "PERSONAL_BASE_TOKEN"}
@@ -52,7 +53,9 @@ class TemporaryServer:
         import prefect
         from prefect.settings import get_current_settings
         # The store's credentials (maybe typed in at the terminal) are none of the server's business.
-        env = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "PREFECT_API_URL"}
+        # Nor is a proxy (which may hold a password): the server talks to its clients on loopback only.
+        env = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "PREFECT_API_URL"
+               and k.lower() not in {p.lower() for p in PROXY_VARIABLES}}
         env.update(get_current_settings().to_environment_variables(exclude_unset=True),
                    PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
         own_session = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else
@@ -155,14 +158,15 @@ def _check_api(url: str | None) -> None:
     """A configured API that does not answer is bad input (exit 2), not objects that failed."""
     if not url:
         return
+    from prefect.client.orchestration import get_client
+
     from core.errors import UsageError
-    try:
-        _healthy(url.rstrip("/"), timeout=5)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise UsageError(f"the Prefect API at {url} (PREFECT_API_URL) does not answer ({reason}): start it"
-                         " (make server), point PREFECT_API_URL at a running server, or run without Prefect:"
-                         " --no-prefect") from None
+    with get_client(sync_client=True) as client:  # Prefect's own proxy, certificates and API key
+        failed = client.api_healthcheck()
+    if failed is not None:
+        raise UsageError(f"the Prefect API at {url} (PREFECT_API_URL) does not answer ({type(failed).__name__}):"
+                         " start it (make server), point PREFECT_API_URL at a running server, or run without"
+                         " Prefect: --no-prefect")
 
 
 class _OtherWarnings(logging.Handler):

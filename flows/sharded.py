@@ -157,7 +157,8 @@ def _run(params: DownloadParams, shards: int, deployment: str, poll_seconds: flo
         deletion = mirror.mirror_shards(
             params.plan("parent"), [(name, str(c.id), _covers(params, after, before))
                                     for name, c, (after, before) in zip(names, children, ranges)],
-            owner={"flow_run_id": str(flow_run.id or "")})
+            owner={"flow_run_id": str(flow_run.id or "")}, listed=tally.listed,
+            selected=tally.listed - tally.filtered_out)
         tally.add(deleted=0 if deletion.refused else deletion.count)
         incomplete, deleted = deletion.refused, deletion.rows
         notes += [deletion.skipped] if deletion.skipped else []
@@ -180,7 +181,9 @@ def _covers(params: DownloadParams, after: str, before: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.arguments import build_parser, params_from_args
+    import argparse
+
+    from flows.arguments import build_parser, params_from_args, take_proxy_flag
     from flows.console import print_result
     from flows.signals import exit_code
 
@@ -199,10 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=bounded(float, 5, 86400), default=600.0,
                         help="seconds without any shard running before giving up (default 600)")
     args = parser.parse_args(argv)
+    for flag in ("dry_run", "no_prefect"):  # a sharded run is its shards' flow runs, and it downloads
+        if getattr(args, flag, False):
+            parser.error(f"--{flag.replace('_', '-')} is not for a sharded run (run python -m flows.download for it)")
+    given = vars(args)
+    take_proxy_flag(given)
 
     def run() -> int:
-        params = params_from_args(args, exclude=("yes", "shards", "deployment", "dry_run", "poll_seconds",
-                                                 "start_timeout"))
+        params = params_from_args(argparse.Namespace(**given), exclude=(
+            "yes", "shards", "deployment", "dry_run", "no_prefect", "poll_seconds", "start_timeout"))
         return print_result(sharded_download(params, shards=args.shards, deployment=args.deployment,
                                              poll_seconds=args.poll_seconds,
                                              start_timeout_seconds=args.start_timeout))

@@ -3,8 +3,8 @@ chunk of round 2, never one per object. Prefect costs ~3-4 ms of CPU and ~35 KB 
 one-object tasks took 41 s and 530 MB and lost events; a page of 1,000 objects per task costs nothing
 measurable.
 
-Inputs are data — the Job and page descriptors — so Prefect could retry or move a task; each task takes its
-run's live objects from tasks/runs.py. A task's state tells the truth: a batch in which objects failed ends
+Inputs are data — the Job and page descriptors, never live clients; each task finds its run's live objects,
+which its flow holds in the same process, through tasks/runs.py. A task's state tells the truth: a batch in which objects failed ends
 Failed (with its counts), even when round 2 later fetches them."""
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,9 @@ def test_the_plugin_service(listers, tmp_path):
                                                feishu_base_url=fs.base_url)).start()
         try:
             asyncio.run(PublishedPlugin(service.port, fs).download_token_mode(cells, "app", "tbl", zip_name="job"))
-            while not (service.jobs and service.jobs[-1].finished):
-                asyncio.run(asyncio.sleep(0.05))
+            deadline = time.monotonic() + 60  # a hang guard
+            while not (service.jobs and service.jobs[-1].finished) and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             service.stop()
     assert (Path(tmp_path) / "job" / "附件" / "a.bin").read_bytes() == b"a"

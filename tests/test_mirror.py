@@ -213,3 +213,45 @@ def test_the_backup_folder_keeps_the_old_copy_of_a_file_a_download_replaces(mirr
     done = run_cli(base + ["--backup-dir", str(backup)])  # no --delete: only what a download replaces
     assert done.returncode == 0, done.stderr
     assert (out / "a.txt").read_bytes() == b"a, version 2" and local_tree(backup) == {"a.txt": b"m/a.txt"}
+
+
+def test_a_listed_object_the_filter_drops_keeps_its_local_copy(s3, bucket, tmp_path):
+    """The object grew past --max-size: it is not downloaded, and its older local copy is not deleted — a listed
+    key maps to it."""
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="f/grows.bin", Body=b"x" * 100)
+    out = tmp_path / "out"
+    base = ["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "f/", "--output", str(out), "--no-prefect",
+            "--max-size", "1k", "--delete"]
+    assert run_cli(base).returncode == 0 and (out / "grows.bin").stat().st_size == 100
+    client.put_object(Bucket=bucket, Key="f/grows.bin", Body=b"x" * 5000)
+    done = run_cli(base)
+    assert done.returncode == 0 and summary_value(done.stdout, "deleted") == 0, done.stdout
+    assert (out / "grows.bin").read_bytes() == b"x" * 100
+
+
+def test_a_mirror_of_nothing_deletes_nothing(s3, bucket, tmp_path):
+    """An empty listing (a mistyped prefix, an emptied bucket, another account) would wipe the output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    done = run_cli(["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "typo/", "--output", str(out),
+                    "--no-prefect", "--delete"])
+    assert done.returncode == 0 and (out / "precious.txt").exists()
+    assert "deletion skipped: nothing was listed" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_a_key_that_cannot_be_a_file_does_not_hold_the_mirror_back_but_a_failed_removal_fails_it(mirrored, s3,
+                                                                                                  bucket, tmp_path):
+    client, out, base = mirrored
+    client.put_object(Bucket=bucket, Key="m/a.txt/inner", Body=b"clash")  # a.txt is a file here: a key's own failure
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "gone").write_text("a file where the backup needs a folder")
+    done = run_cli(base + ["--delete", "--backup-dir", str(backup)])
+    assert done.returncode == 1
+    assert "file/folder conflict" in (out / ".oss-failed.csv").read_text()
+    assert not (out / "b.txt").exists() and not (out / "stray.txt").exists()  # deleted despite the clash
+    assert (out / "gone" / "d.txt").exists()                                  # could not be moved: kept
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: deletion incomplete: 1 file(s) or folder(s) could not be deleted (first: gone/d.txt: ")

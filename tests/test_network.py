@@ -139,6 +139,22 @@ def test_one_tls_builder_for_python_and_curl(tmp_path):
 
 
 def test_networks_compare_by_value():
-    """A run's source is made once per config and network in a process (core/sources make_source)."""
+    """Settings that read the same compare the same (frozen data: a Network is passed around, never mutated)."""
     assert Network(Proxies.from_environment({"HTTPS_PROXY": P}), TLS()) == \
         Network(Proxies.from_environment({"HTTPS_PROXY": P}), TLS())
+
+
+def test_oss2s_wrapped_tls_and_proxy_refusals_in_the_same_words():
+    """--region (oss2, requests, urllib3) says a refused certificate and a proxy's 407 as the other clients do."""
+    import oss2.exceptions as ox
+    import requests
+
+    from core.errors import as_download_error
+    refused = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    refused.verify_message = "unable to get local issuer certificate"
+    tls = as_download_error(ox.RequestError(requests.exceptions.SSLError(Exception(refused))))
+    assert str(tls) == "TLS error: certificate verify failed: unable to get local issuer certificate"
+    assert not tls.retryable
+    proxied = as_download_error(ox.RequestError(requests.exceptions.ProxyError(
+        "Cannot connect to proxy.", OSError("Tunnel connection failed: 407 Proxy Authentication Required"))))
+    assert str(proxied) == "the proxy answered 407 Proxy Authentication Required" and not proxied.retryable

@@ -832,19 +832,19 @@ def clock_server():
 
 def test_clock_ahead_expires_presigned_urls_and_dates_every_answer(clock_server):
     s = clock_server
-    assert s.clock_offset == 7200 and abs(s.now() - time.time() - 7200) < 1
+    assert s.clock_offset == 7200 and abs(s.now() - time.time() - 7200) < 60
     for bucket in (v1(s), v4(s)):
         url = bucket.sign_url("GET", "k", 60)
         status, err = error_of(resp := requests.get(url, timeout=10))
         assert (status, err["Code"], err["Message"]) == (403, "AccessDenied", "Request has expired.")
-        assert abs(date_of(resp) - time.time() - 7200) < 5           # the Date of an error, by the server's clock
-        assert abs(iso_of(err["ServerTime"]) - time.time() - 7200) < 5
+        assert abs(date_of(resp) - time.time() - 7200) < 60           # the Date of an error, by the server's clock
+        assert abs(iso_of(err["ServerTime"]) - time.time() - 7200) < 60
         assert 50 < time.time() + 7200 - iso_of(err["Expires"]) < 7200
         head = requests.head(url, timeout=10)
-        assert head.status_code == 403 and abs(date_of(head) - time.time() - 7200) < 5
+        assert head.status_code == 403 and abs(date_of(head) - time.time() - 7200) < 60
         s.clock_offset = 0
         resp = requests.get(url, timeout=10)
-        assert resp.content == b"value" and abs(date_of(resp) - time.time()) < 5
+        assert resp.content == b"value" and abs(date_of(resp) - time.time()) < 60
         s.clock_offset = 7200
     assert "Request has expired." in requests.get(v1(s).sign_url("GET", "k", 60), timeout=10).text
     # A V1 URL signed long ago for long enough is still good.
@@ -861,8 +861,8 @@ def test_header_signed_requests_with_skewed_dates_are_refused(clock_server, offs
         assert (e.status, e.code, e.message) == (403, "RequestTimeTooSkewed", "The difference between the "
                                                  "request time and the current time is too large.")
         assert e.details["MaxAllowedSkewMilliseconds"] == "900000"
-        assert abs(iso_of(e.details["RequestTime"]) - time.time()) < 5
-        assert abs(iso_of(e.details["ServerTime"]) - time.time() - offset) < 5
+        assert abs(iso_of(e.details["RequestTime"]) - time.time()) < 60
+        assert abs(iso_of(e.details["ServerTime"]) - time.time() - offset) < 60
         with pytest.raises(oss2.exceptions.ServerError) as info:      # HEAD: the error travels in x-oss-err
             bucket.head_object("k")
         assert info.value.code == "RequestTimeTooSkewed"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import shutil
 import signal
 import socket
 import ssl
@@ -16,6 +15,8 @@ from types import SimpleNamespace
 from urllib.parse import unquote, urlsplit
 
 import pytest
+
+from tests.conftest import need_program
 
 from infra.proxy import ForwardProxy, ProxyRequest
 
@@ -123,8 +124,7 @@ def proxy():
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     """A throwaway CA and a certificate for site.test it signed (a CA apart: Python 3.13 verifies strictly)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command")
+    need_program("openssl", "openssl")
     d = tmp_path_factory.mktemp("certs")
     (d / "ca.cnf").write_text("[req]\ndistinguished_name=dn\nx509_extensions=v3\nprompt=no\n[dn]\nCN=test-proxy-ca\n"
                               "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"

@@ -161,7 +161,7 @@ class DesktopApp:
         self.origins_hint = ttk.Label(adv, name="origins_hint", foreground="#666666", wraplength=440)
         self.origins_hint.grid(row=5, column=1, columnspan=2, sticky="w")
         label(adv, "proxy", row=6, column=0)
-        ttk.Entry(adv, textvariable=self.proxy, show="", name="proxy").grid(row=6, column=1, columnspan=2, sticky="ew",
+        ttk.Entry(adv, textvariable=self.proxy, show="•", name="proxy").grid(row=6, column=1, columnspan=2, sticky="ew",
                                                                            pady=3)
         self.proxy_hint = ttk.Label(adv, name="proxy_hint", foreground="#666666", wraplength=440)
         self.proxy_hint.grid(row=7, column=1, columnspan=2, sticky="w")

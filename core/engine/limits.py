@@ -7,9 +7,8 @@ import re
 import time
 
 from core.errors import TooSlow
+from core.filters import parse_size
 
-_RATE = re.compile(r"^(\d+(?:\.\d+)?)([bkmgt]?)(?:i?b)?(?:/s)?$", re.IGNORECASE)
-_UNITS = {"b": 1, "": 1024, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 _WHEN = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -51,10 +50,13 @@ def parse_bwlimit(text: str | None) -> list[tuple[int, float | None]]:
 def _rate(text: str) -> float | None:
     if text.lower() == "off":
         return None
-    found = _RATE.match(text)
-    if not found or float(found.group(1)) <= 0:
+    try:
+        rate = parse_size(text.removesuffix("/s"), "")  # rclone's units: 10M is 10 MiB/s, a bare number KiB/s
+    except ValueError:
+        rate = 0
+    if rate <= 0:
         raise ValueError(f"not a rate: {text!r} (e.g. 10M for 10 MiB/s, 512k, off)")
-    return float(found.group(1)) * _UNITS[found.group(2).lower()]
+    return float(rate)
 
 
 def divide_bwlimit(text: str | None, parts: int) -> str | None:

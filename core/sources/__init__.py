@@ -152,6 +152,12 @@ class StoreSource(Source):
     endpoint = ""    # the store as the person named it, for messages
     origin = ""      # a URL of the store's requests (which proxy they take)
 
+    def close(self) -> None:
+        """The listing connections."""
+        listing = getattr(self, "_get", None)
+        if listing is not None:
+            listing.close()
+
     def _explain(self, exc: Exception) -> Exception:
         """The one line a failed check means (UsageError), or the exception itself."""
         if isinstance(exc, UsageError):
@@ -159,9 +165,7 @@ class StoreSource(Source):
         if isinstance(exc, HTTPStatusError) and not isinstance(exc, ProxyRefused):
             return clock_off(exc) or self._refused(exc)
         if isinstance(exc, DownloadError) and exc.retryable or isinstance(exc, (ProxyRefused, TLSError)):
-            proxy = self.network.proxy_for(self.origin)
-            via = f" through the proxy {proxy}" if proxy and str(proxy) not in str(exc) else ""
-            return UsageError(f"cannot reach endpoint {self.endpoint}{via}: {exc}")
+            return self.network.unreachable(f"endpoint {self.endpoint}", self.origin, exc)
         return exc
 
     def covers(self, key: str) -> bool:

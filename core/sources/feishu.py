@@ -312,9 +312,8 @@ class BitableSource(Source):
             error = as_download_error(exc)
             if not error.retryable:
                 raise
-            proxy = self.client.network.proxy_for(self.client.base_url)
-            via = f" through the proxy {proxy}" if proxy and str(proxy) not in str(error) else ""
-            raise UsageError(f"cannot reach the Feishu API at {self.client.base_url}{via}: {error}") from None
+            raise self.client.network.unreachable(f"the Feishu API at {self.client.base_url}", self.client.base_url,
+                                                  error) from None
 
     async def _attachment_fields(self) -> dict[str, str]:
         s = self.source

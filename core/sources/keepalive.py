@@ -24,6 +24,14 @@ class KeepAliveGet:
         self.timeout = timeout
         self.network = network
         self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []  # every thread's, so close() reaches them all
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
 
     def __call__(self, url: str) -> tuple[int, dict, bytes]:
         parts = urlsplit(url)
@@ -72,4 +80,6 @@ class KeepAliveGet:
             else:
                 conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
             self._local.conn, self._local.netloc = conn, parts.netloc
+            with self._lock:
+                self._all.append(conn)
         return conn

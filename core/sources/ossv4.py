@@ -38,6 +38,9 @@ class OssV4Source(StoreSource):
         proxy = self.network.proxy_for(self.origin)
         self.bucket.proxies = {"http": proxy.url, "https": proxy.url} if proxy else None
 
+    def close(self) -> None:
+        self.bucket.session.session.close()
+
     def _explain(self, exc: Exception) -> Exception:
         error = as_download_error(exc)  # oss2's exceptions in the product's terms
         return super()._explain(error if isinstance(error, HTTPStatusError) or error.retryable else exc)

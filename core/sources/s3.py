@@ -57,7 +57,8 @@ def signing_region(config: StoreConfig) -> str:
 def credentials(config: StoreConfig, network: Network) -> Credentials | object:
     """The store's keys: given (a credentials block), from the environment, or botocore's chain (profile,
     SSO, an assumed role, instance role: refreshable, so a function), whose own requests (STS, SSO) take the
-    run's proxy and certificates. UsageError when there are none."""
+    run's proxy; not the store's certificates nor --no-verify-ssl (they carry secrets, to AWS's endpoints:
+    botocore's own reading, AWS_CA_BUNDLE included). UsageError when there are none."""
     given = config.credentials
     if given.get("access_key_id") and given.get("secret_access_key"):
         return given["access_key_id"], given["secret_access_key"], given.get("session_token", "")
@@ -71,9 +72,6 @@ def credentials(config: StoreConfig, network: Network) -> Credentials | object:
         session = botocore.session.Session(profile=config.profile)
         session.set_default_client_config(botocore.config.Config(
             proxies=network.proxies.botocore(os.environ.get("AWS_ENDPOINT_URL_STS") or "https://sts.amazonaws.com")))
-        tls = network.tls
-        if not tls.verify or tls.cafile:  # else botocore's own reading (AWS_CA_BUNDLE, the profile's ca_bundle)
-            session.set_config_variable("ca_bundle", tls.cafile if tls.verify else False)
         found = session.get_credentials()
     except botocore.exceptions.ProfileNotFound:
         raise UsageError(f"AWS profile {config.profile!r} not found") from None
