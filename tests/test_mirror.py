@@ -255,3 +255,18 @@ def test_a_key_that_cannot_be_a_file_does_not_hold_the_mirror_back_but_a_failed_
     assert (out / "gone" / "d.txt").exists()                                  # could not be moved: kept
     assert done.stderr.strip().splitlines()[-1].startswith(
         "error: deletion incomplete: 1 file(s) or folder(s) could not be deleted (first: gone/d.txt: ")
+
+
+def test_a_local_failure_another_run_could_change_holds_the_mirror_back(mirrored, tmp_path):
+    """A download that failed here (a symbolic link where a folder must be: the user can remove it) is not the
+    key's own failure: nothing is deleted until a run gets everything."""
+    client, out, base = mirrored
+    client.put_object(Bucket=base[3], Key="m/linked/new.txt", Body=b"new")
+    (tmp_path / "target").mkdir()
+    (out / "linked").symlink_to(tmp_path / "target")
+    before = local_tree(out)
+    held = run_cli(base + ["--delete"])
+    assert held.returncode == 1 and "deletion skipped: 1 download(s) failed" in held.stdout, held.stdout
+    assert local_tree(out) == before and not (tmp_path / "target" / "new.txt").exists()
+    (out / "linked").unlink()
+    assert run_cli(base + ["--delete"]).returncode == 0 and not (out / "stray.txt").exists()
