@@ -67,17 +67,10 @@ def personal_base_token(block_name: str | None = None) -> str:
     """The Feishu personal base token from a Prefect Secret block (by name), else PERSONAL_BASE_TOKEN from
     the environment or ./.env."""
     if block_name:
-        from prefect.blocks.system import Secret
-        try:
-            value = Secret.load(block_name).get()
-        except ValueError:
-            raise UsageError(f"token block {block_name!r} not found (create a Secret block with that name)") \
-                from None
-        if isinstance(value, dict):
-            value = value.get("personal_base_token") or value.get("token") or ""
-        if not value:
+        token = _secret(block_name, "token", "the personal base token", ("personal_base_token", "token"))
+        if not token:
             raise UsageError(f"token block {block_name!r} holds no personal base token")
-        return str(value)
+        return token
     from core.sources.feishu import token_from_env
     token = token_from_env()
     if not token:
@@ -89,12 +82,17 @@ def personal_base_token(block_name: str | None = None) -> str:
 def proxy_from_block(block_name: str) -> str:
     """The proxy URL held by a Prefect Secret block (it may carry a password: never a flow-run parameter);
     '' in the block means no proxy."""
+    return _secret(block_name, "proxy", "the proxy URL", ("proxy", "url"))
+
+
+def _secret(block_name: str, what: str, holding: str, keys: tuple[str, ...]) -> str:
+    """A Secret block's value (a text, or the first of `keys` in a JSON one); UsageError when there is none."""
     from prefect.blocks.system import Secret
     try:
         value = Secret.load(block_name).get()
     except ValueError:
-        raise UsageError(f"proxy block {block_name!r} not found (create a Secret block holding the proxy URL)") \
+        raise UsageError(f"{what} block {block_name!r} not found (create a Secret block holding {holding})") \
             from None
     if isinstance(value, dict):
-        value = value.get("proxy") or value.get("url") or ""
+        value = next((value[k] for k in keys if value.get(k)), "")
     return str(value or "")
