@@ -51,7 +51,7 @@ def scenarios(objects: int | None = None, big_mb: int = 1024) -> dict[int, Scena
         2: Scenario(2, f"one {big_mb / 1024:g} GiB object", f"s2-{big_mb}m/", 1, big_mb * MiB, big_mb * MiB),
         3: Scenario(3, f"{n3:,} objects of 1–4 KiB", f"s3-n{n3}/", n3, 1 * KiB, 4 * KiB, folders=10),
         4: Scenario(4, "an empty prefix", "s4-empty/", 0, 0, 0),
-        5: Scenario(5, f"a rerun of scenario 1, nothing changed", f"s1-n{n1}/", n1, 1 * KiB, 32 * KiB, folders=5,
+        5: Scenario(5, "a rerun of scenario 1, nothing changed", f"s1-n{n1}/", n1, 1 * KiB, 32 * KiB, folders=5,
                     rerun=True),
     }
 

@@ -353,7 +353,7 @@ def _in_thread(fn, *args) -> asyncio.Future:
             result = fn(*args)
             outcome = lambda: future.done() or future.set_result(result)  # noqa: E731
         except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits it
-            outcome = lambda: future.done() or future.set_exception(exc)  # noqa: E731
+            outcome = lambda exc=exc: future.done() or future.set_exception(exc)  # noqa: E731 - exc outlives the block
         try:
             loop.call_soon_threadsafe(outcome)
         except RuntimeError:  # the loop is closed: the service stopped, nobody waits

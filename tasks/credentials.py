@@ -67,7 +67,7 @@ def personal_base_token(block_name: str | None = None) -> str:
     """The Feishu personal base token from a Prefect Secret block (by name), else PERSONAL_BASE_TOKEN from
     the environment or ./.env."""
     if block_name:
-        token = _secret(block_name, "token", "the personal base token", ("personal_base_token", "token"))
+        token = _secret_block(block_name, "token", "the personal base token", ("personal_base_token", "token"))
         if not token:
             raise UsageError(f"token block {block_name!r} holds no personal base token")
         return token
@@ -82,10 +82,10 @@ def personal_base_token(block_name: str | None = None) -> str:
 def proxy_from_block(block_name: str) -> str:
     """The proxy URL held by a Prefect Secret block (it may carry a password: never a flow-run parameter);
     '' in the block means no proxy."""
-    return _secret(block_name, "proxy", "the proxy URL", ("proxy", "url"))
+    return _secret_block(block_name, "proxy", "the proxy URL", ("proxy", "url"))
 
 
-def _secret(block_name: str, what: str, holding: str, keys: tuple[str, ...]) -> str:
+def _secret_block(block_name: str, what: str, holding: str, keys: tuple[str, ...]) -> str:
     """A Secret block's value (a text, or the first of `keys` in a JSON one); UsageError when there is none."""
     from prefect.blocks.system import Secret
     try:

@@ -30,6 +30,16 @@ for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "OSS_SESSION_TOKEN"):
     os.environ.pop(var, None)
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (IPv6 tests run where it can)."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

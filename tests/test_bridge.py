@@ -619,3 +619,15 @@ def test_records_wait_in_the_output_while_the_api_is_down_and_the_next_start_sen
     assert done[0].parameters["job_key"] == record["job_key"] and done[0].parameters["total"] == 2
     rows = _summary_rows(done[0].id)
     assert (rows["listed"], rows["downloaded"], rows["failed"], rows["bytes"]) == ("2", "1", "1", "5000")
+
+
+def test_a_job_loop_that_fails_in_its_thread_hands_the_failure_to_the_service():
+    """The plugin job's run loop runs in a thread of its own: what it raises reaches the service's loop (the
+    job then ends with one line and an error ack), never a thread that dies unseen."""
+    from bridge.service import _in_thread
+
+    async def scenario():
+        with pytest.raises(ZeroDivisionError):
+            await _in_thread(lambda: 1 / 0)
+        return await _in_thread(lambda: "done")
+    assert run(scenario()) == "done"

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import oss2
 import pytest
+
+from tests.conftest import has_ipv6_loopback
 import requests
 from oss2.credentials import StaticCredentialsProvider
 from oss2.utils import Crc64
@@ -883,16 +885,7 @@ def test_v4_url_from_the_servers_future_is_not_yet_valid(clock_server):
 
 # ----- IPv6 ----------------------------------------------------------------------------------------------
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 @pytest.mark.parametrize("endpoint_host", [None, ENDPOINT_HOST])
 def test_ipv6_listener_serves_path_style(endpoint_host):
     with OssServer(host="::1", endpoint_host=endpoint_host) as s:

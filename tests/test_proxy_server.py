@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.conftest import need_program
+from tests.conftest import has_ipv6_loopback, need_program
 
 from infra.proxy import ForwardProxy, ProxyRequest
 
@@ -93,13 +93,6 @@ def stop(server):
     server.server_close()
 
 
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def free_port() -> int:
@@ -393,7 +386,7 @@ def test_routes_and_loopback_only_configuration(origin):
         ForwardProxy(upstream_host="example.com")
 
 
-@pytest.mark.skipif(not has_ipv6(), reason="no ::1 on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
 def test_ipv6_listening_and_connect_to_an_ipv6_literal():
     origin = serve(Server6(("::1", 0), Origin))
     try:

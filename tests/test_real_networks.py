@@ -20,7 +20,7 @@ from bench.seaweed import ACCESS_KEY, SECRET_KEY
 from infra import oss_server
 from infra.feishu_server import GOOD_TOKEN, FeishuServer
 from infra.proxy import ForwardProxy
-from tests.conftest import ROOT, drain_prefect_workers, need_program
+from tests.conftest import ROOT, drain_prefect_workers, has_ipv6_loopback, need_program
 from tests.stores import BIG_KEY, KeyedSeaweed, make_ca, s3_client, seed_awkward
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "OSSDL_PROXY", "AWS_CA_BUNDLE",
@@ -69,7 +69,7 @@ def other_ca(tmp_path_factory):
 def weed(tmp_path_factory, ca):
     """SeaweedFS with keys, HTTP and HTTPS at once, also on ::1; bucket `awkward` (awkward keys, two listing pages,
     a 40 MiB object) and bucket `tls` (one object for curl, one for aiohttp)."""
-    with KeyedSeaweed(tmp_path_factory.mktemp("weed"), ca, ipv6=True) as server:
+    with KeyedSeaweed(tmp_path_factory.mktemp("weed"), ca, ipv6=has_ipv6_loopback()) as server:
         server.objects = seed_awkward(server.endpoint, "awkward")
         client = s3_client(server.endpoint)
         client.create_bucket(Bucket="tls")
@@ -301,6 +301,7 @@ def test_curl_and_aiohttp_refuse_an_unknown_ca_alike(weed, ca, other_ca, tmp_pat
 
 
 # -- addressing, the clock ----------------------------------------------------------------------------------------
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_ipv6_loopback_endpoints_for_s3_and_oss(weed, tmp_path):
     done = download("--endpoint", weed.endpoint6, "--bucket", "tls", "--output", str(tmp_path / "s3"), **S3_KEYS)
     assert done.returncode == 0, done.stderr
