@@ -446,3 +446,23 @@ def test_help_describes_every_flag_with_examples_credentials_and_exit_codes(prog
                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --include-suffix: unclosed '[' in pattern '*.[jp'"]
+
+
+def test_a_mirrors_preview_shows_what_it_would_delete_and_asks_defaulting_to_no(s3, bucket, tmp_path):
+    put(s3, bucket, "data/keep.jpg", body("data/keep.jpg", 2000))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.jpg").write_bytes(body("data/keep.jpg", 2000))
+    (out / "old").mkdir()
+    (out / "old" / "gone.jpg").write_bytes(b"x" * 3000)
+    env = with_keys(terminal_env(tmp_path, None))
+    child = spawn(["--endpoint", s3.endpoint, "--bucket", bucket, "--prefix", "data/", "--output", str(out),
+                   "--delete", "--no-prefect"], env)
+    child.expect(r"and delete 1 object \(2\.9 KiB\) here\?")
+    child.send(ENTER)  # the default: No
+    log = finish(child)
+    shown = [line for line in plain(log) if line]
+    assert any(re.match(r"would delete +1 object, 2\.9 KiB", line) for line in shown), shown
+    assert any(line.endswith("old/gone.jpg") for line in shown) and any("Download 0 objects" in l for l in shown)
+    assert child.exitstatus == 0 and "cancelled: nothing downloaded" in log
+    assert (out / "old" / "gone.jpg").exists()
