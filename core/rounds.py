@@ -30,21 +30,24 @@ def prepare(run: Run, objects: list[RemoteObject]) -> tuple[Counts, list[Item]]:
     and what is already here (recorded done). Blocking (stat, hashing, the manifest): not on the loop."""
     plan = run.plan
     counts, chosen = select(objects, plan)
-    if plan.delete:  # a mirror: every path a listed key maps to stays, whether the filter takes it or not
-        run.manifest.add_listed(listed_paths(objects, plan))
     refused: list[Outcome] = []
     todo: list[Item] = []
+    listed: list[str] = []  # a mirror's: every path a listed key maps to stays, whether the filter takes it or not
     for obj in chosen:
         try:
             rel = target(obj, plan.strip)
         except DownloadError as err:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, str(err), False, path=obj.path))
             continue
+        listed.append(rel)
         if obj.needs_restore:
             refused.append(Outcome(obj.key, obj.size, obj.etag, 1, RESTORE_REQUIRED, False, path=obj.path))
             counts.restore_required += 1
             continue
         todo.append((obj, rel))
+    if plan.delete:
+        taken = {id(obj) for obj in chosen}
+        run.manifest.add_listed(listed + listed_paths([o for o in objects if id(o) not in taken], plan))
     fresh, adopted, changes = not_present(run.manifest, run.out, todo)
     counts.already_present = len(todo) - len(fresh)
     for _, change, _ in changes:

@@ -106,7 +106,9 @@ def test_keys_named_like_the_tools_files_are_refused_at_every_depth(store, bucke
     assert all(r.startswith("reserved name") for r in reasons.values())
 
 
-def test_nothing_is_written_outside_the_output_through_planted_links(s3, bucket, tmp_path, cli):
+def planted_links(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An output with a folder that is a link to `elsewhere` (plain/) and a file that is a link to a file
+    outside (c2.txt): (output, elsewhere, victim)."""
     elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim.txt"
     elsewhere.mkdir()
     victim.write_bytes(b"precious")
@@ -114,6 +116,11 @@ def test_nothing_is_written_outside_the_output_through_planted_links(s3, bucket,
     out.mkdir()
     (out / "plain").symlink_to(elsewhere)
     (out / "c2.txt").symlink_to(victim)
+    return out, elsewhere, victim
+
+
+def test_nothing_is_written_outside_the_output_through_planted_links(s3, bucket, tmp_path, cli):
+    out, elsewhere, victim = planted_links(tmp_path)
     for key in ("data/plain/a.jpg", "data/plain/b.PNG", "data/plain/c.txt", "data/c2.txt", "data/ok.txt"):
         put(s3, bucket, key)
     result = cli(args(s3, bucket, out))

@@ -22,6 +22,7 @@ import core.workarea as workarea
 from core.workarea import Output, OutputBusy
 from tests.conftest import ROOT
 from tests.test_download import args, body, leftovers, local_files, put, read_csv
+from tests.test_integrity import planted_links
 from tests.test_workarea import (  # noqa: F401 - collected here again, in Windows' mode
     make_file, test_a_file_where_a_folder_should_be_is_a_conflict_and_a_removed_folder_is_made_again,
     test_a_folder_that_is_a_symbolic_link_is_refused_never_followed,
@@ -167,13 +168,7 @@ def test_a_run_after_a_killed_one_takes_its_lock_over(s3, bucket, tmp_path):
 
 
 def test_symbolic_links_on_the_way_are_refused_without_at_calls(s3, bucket, tmp_path):
-    elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim.txt"
-    elsewhere.mkdir()
-    victim.write_bytes(b"precious")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "plain").symlink_to(elsewhere)
-    (out / "c2.txt").symlink_to(victim)
+    out, elsewhere, victim = planted_links(tmp_path)
     (out / "deep").mkdir()
     (out / "deep" / "link").symlink_to(elsewhere)
     keys = ["data/plain/a.jpg", "data/deep/link/b.txt", "data/c2.txt", "data/ok.txt", "data/deep/ok.txt"]
